@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tunesmith.config import Config, config_to_yaml
+from tunesmith.config import Config, config_to_yaml, load_config
 from tunesmith.errors import RunError
 
 
@@ -186,8 +186,6 @@ def open_run(path: str | Path) -> tuple[RunPaths, Config]:
     Raises:
         RunError: the folder or its config.yaml is missing.
     """
-    from tunesmith.config import load_config
-
     paths = RunPaths(Path(path))
     if not paths.config.is_file():
         raise RunError(f"{path}: not a run folder (no config.yaml); runs are made by `tunesmith train`")

@@ -3,6 +3,7 @@
 Never imports torch or models: it works on canonical `Record`s only.
 """
 
-from tunesmith.data.records import Message, Record, as_messages, as_pair, prompt_key
+from tunesmith.data.records import (Message, Record, as_messages, as_pair, prompt_key, record_from_dict,
+                                    record_to_dict)
 
-__all__ = ["Message", "Record", "as_messages", "as_pair", "prompt_key"]
+__all__ = ["Message", "Record", "as_messages", "as_pair", "prompt_key", "record_from_dict", "record_to_dict"]

@@ -96,3 +96,23 @@ def prompt_key(record: Record) -> str:
     if record.kind == "chat":
         return "\n".join(f"{m.role}: {m.content}" for m in record.messages[:-1])
     return "\n".join(p for p in (record.system or "", record.prompt, record.input) if p)
+
+
+def record_to_dict(record: Record) -> dict:
+    """A record as plain JSON-able data (messages as role/content dicts), for saving prepared splits."""
+    data = {"file": record.file, "line": record.line, "shape": record.shape}
+    if record.kind == "text":
+        data["text"] = record.text
+    elif record.kind == "chat":
+        data["messages"] = [{"role": m.role, "content": m.content} for m in record.messages]
+    else:
+        data.update(prompt=record.prompt, input=record.input, response=record.response, system=record.system)
+    return data
+
+
+def record_from_dict(data: dict) -> Record:
+    """Inverse of `record_to_dict`."""
+    messages = tuple(Message(m["role"], m["content"]) for m in data.get("messages") or ())
+    return Record(file=data["file"], line=data["line"], shape=data["shape"], prompt=data.get("prompt", ""),
+                  input=data.get("input", ""), response=data.get("response", ""), system=data.get("system"),
+                  messages=messages, text=data.get("text"))
