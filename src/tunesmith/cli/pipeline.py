@@ -1,0 +1,59 @@
+"""`tunesmith config show`, `tunesmith run CONFIG` and `tunesmith demo`: whole-pipeline commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from tunesmith.cli import add_config_arguments
+
+
+def register(subparsers) -> None:
+    config = subparsers.add_parser("config", help="show or check a config (every key, with defaults)")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print the resolved config as YAML (all keys with their defaults)")
+    add_config_arguments(show)
+    show.set_defaults(handler=_show)
+
+    run = subparsers.add_parser("run", help="prepare -> train -> evaluate -> report, as one pipeline")
+    add_config_arguments(run, config_required=True)
+    run.add_argument("--resume", action="store_true", help="continue training from the latest checkpoint")
+    run.set_defaults(handler=_run)
+
+    demo = subparsers.add_parser(
+        "demo", help="finetune the embedded default model on the shipped example and write the report",
+        description="Runs examples/demo.yaml end to end: prepare, train, evaluate base vs finetuned, report.")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a value of the demo config (repeatable)")
+    demo.set_defaults(handler=_demo)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from tunesmith import api
+
+    print(api.show_config(args.config, args.overrides), end="")
+    return 0
+
+
+def _print_pipeline(result) -> None:
+    print(f"\nrun folder:  {result.run}")
+    print(f"model:       {result.model}")
+    print(f"report:      {result.report}")
+    if result.base_test_loss is not None:
+        print(f"test loss:   base {result.base_test_loss:.4f} -> finetuned {result.test_loss:.4f}")
+    for name, (base, tuned) in result.headline_metrics.items():
+        base_text = "n/a" if base is None else f"{base:.3f}"
+        print(f"{name + ':':<12} base {base_text} -> finetuned {tuned:.3f}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tunesmith import api
+
+    _print_pipeline(api.run_pipeline(args.config, args.overrides, resume=args.resume))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tunesmith import api
+
+    _print_pipeline(api.demo(args.overrides))
+    return 0

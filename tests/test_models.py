@@ -1,0 +1,57 @@
+import pytest
+
+from tunesmith.config import ModelConfig
+from tunesmith.errors import ModelError
+from tunesmith.models import load_model, load_tokenizer, resolve_model_path, resolve_precision
+
+
+def test_local_model_folder_loads_without_network(tiny_model_dir):
+    model = load_model(ModelConfig(name=str(tiny_model_dir)))
+    tokenizer = load_tokenizer(ModelConfig(name=str(tiny_model_dir)))
+    assert model.config.num_hidden_layers == 2
+    assert tokenizer.pad_token is not None
+
+
+def test_missing_local_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="no such folder"):
+        resolve_model_path(str(tmp_path / "nope"))
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(ModelError, match="config.json"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_unknown_hub_name_offline_names_the_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="no-such-org/no-such-model"):
+        load_tokenizer(ModelConfig(name="no-such-org/no-such-model"))
+
+
+def test_pickle_weights_need_opt_in(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="allow_pickle"):
+        load_model(ModelConfig(name=str(folder)))
+    assert load_model(ModelConfig(name=str(folder), allow_pickle=True)).config.num_hidden_layers == 2
+
+
+def test_precision_auto_follows_hardware(monkeypatch):
+    import torch
+
+    from tunesmith import models
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
