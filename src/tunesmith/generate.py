@@ -1,0 +1,435 @@
+"""Text generation from a model, shared by evaluation, chat and serve.
+
+One place decides how a prompt becomes text: the run's own template renders it (`tunesmith.templates`), the
+batch is left-padded so every row ends where its answer starts, transformers' `generate` decodes with the KV
+cache, and the answer stops at the end token (eos or the chat template's end-of-turn token) or a stop string.
+Greedy unless asked to sample, so evaluation is repeatable.
+
+torch and transformers are imported inside functions: `GenerationOptions` is cheap to import anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+
+from tunesmith.config import ModelConfig, TemplateConfig
+from tunesmith.data.records import Message, Record
+from tunesmith.errors import ModelError, RunError
+
+if TYPE_CHECKING:
+    import torch
+
+RUN_INFO_FILE = "tunesmith.json"
+"""Written next to a trained model: base model name, method and the resolved template config."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to decode; the defaults are greedy so the same prompt always gives the same answer."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer: its text (end token and stop string cut off) and what it cost in tokens."""
+
+    text: str
+    num_prompt_tokens: int
+    num_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+def end_token_ids(tokenizer) -> set[int]:
+    """Token ids that end an answer: eos plus the end-of-turn token the chat template puts after an answer.
+
+    SmolLM2's eos is `<|endoftext|>` while its chat turns end with `<|im_end|>`; stopping only at eos would run
+    the model on into a made-up next turn.
+    """
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if getattr(tokenizer, "chat_template", None):
+        marker = "\x00tunesmith-answer\x00"
+        try:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False)
+        except Exception:  # a template that rejects this minimal conversation simply adds no end token
+            text = ""
+        after = text.split(marker, 1)[1] if marker in text else ""
+        tail = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+        special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        if tail and tail[0] in special:
+            ids.add(tail[0])
+    return ids
+
+
+def _generation_config(tokenizer, options: GenerationOptions, stop_ids: set[int]):
+    """A complete GenerationConfig, so a model's shipped defaults (sampling, penalties) never leak in."""
+    from transformers import GenerationConfig
+
+    sampling = dict(temperature=options.temperature, top_p=options.top_p) if options.do_sample else {}
+    return GenerationConfig(max_new_tokens=options.max_new_tokens, do_sample=options.do_sample,
+                            eos_token_id=sorted(stop_ids), pad_token_id=_pad_id(tokenizer), use_cache=True,
+                            stop_strings=list(options.stop) or None, **sampling)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _encode(tokenizer, prompts: Sequence[str], device):
+    # The template renders every special token itself (bos, turn markers), as it did for training.
+    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left",
+                        add_special_tokens=False)
+    return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+
+
+def _seed(options: GenerationOptions) -> None:
+    import torch
+
+    if options.do_sample and options.seed is not None:
+        torch.manual_seed(options.seed)
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index where the earliest stop string starts, or None.
+
+    >>> first_stop("a. b###c", ["###", "b"])
+    3
+    """
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+def _finish(tokenizer, new_ids: list[int], num_prompt_tokens: int, options: GenerationOptions,
+            stop_ids: set[int]) -> Generation:
+    """Turn the generated ids of one row into a Generation: cut at the end token, then at a stop string."""
+    # A row that finished early is filled with padding; the pad id cuts it like an end token would.
+    cut_ids = stop_ids | {_pad_id(tokenizer)}
+    end = next((i for i, t in enumerate(new_ids) if t in cut_ids), None)
+    kept = new_ids if end is None else new_ids[:end]
+    num_tokens = len(new_ids) if end is None else end + 1
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    stop_at = first_stop(text, options.stop)
+    if stop_at is not None:
+        text = text[:stop_at]
+    reason = "length" if end is None and stop_at is None and len(new_ids) >= options.max_new_tokens else "stop"
+    return Generation(text, num_prompt_tokens, num_tokens, reason)
+
+
+def generate_batch(model, tokenizer, prompts: Sequence[str], options: GenerationOptions) -> list[Generation]:
+    """Answer every prompt in one left-padded batch (one forward pass per new token, KV cache on).
+
+    Rendered prompts go in (see `Generator.render`); answers come out in the same order.
+    """
+    import torch
+
+    if not prompts:
+        return []
+    stop_ids = end_token_ids(tokenizer)
+    input_ids, attention_mask = _encode(tokenizer, prompts, model.device)
+    _seed(options)
+    with torch.inference_mode():
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, tokenizer=tokenizer,
+                                generation_config=_generation_config(tokenizer, options, stop_ids))
+    new = output[:, input_ids.shape[1]:].tolist()
+    prompt_lengths = attention_mask.sum(dim=1).tolist()
+    return [_finish(tokenizer, row, int(n), options, stop_ids) for row, n in zip(new, prompt_lengths)]
+
+
+class StopScanner:
+    """Holds back streamed text that could still turn into a stop string, and cuts at the first one.
+
+    >>> s = StopScanner(["###"]); [s.feed("ab#"), s.feed("#"), s.feed("#cd"), s.done]
+    ['ab', '', '', True]
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.text = ""
+        self.sent = 0
+        self.done = False
+
+    def feed(self, piece: str) -> str:
+        """New text in, the part that is safe to show out."""
+        if self.done:
+            return ""
+        self.text += piece
+        stop_at = first_stop(self.text, self.stops)
+        if stop_at is not None:
+            self.done = True
+            return self._emit(stop_at)
+        held = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return self._emit(len(self.text) - held)
+
+    def flush(self) -> str:
+        """The held-back tail once the answer is over (it never became a stop string)."""
+        return "" if self.done else self._emit(len(self.text))
+
+    def _emit(self, end: int) -> str:
+        piece = self.text[self.sent:end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return piece
+
+
+class GenerationStream:
+    """Text pieces of one answer as the model produces them; `generation` holds the whole result afterwards.
+
+    The model runs in a background thread feeding a TextIteratorStreamer; `close()` (or leaving a `with`
+    block early) stops it at the next token, so an abandoned stream does not keep the model busy.
+    """
+
+    def __init__(self, model, tokenizer, prompt: str, options: GenerationOptions):
+        from transformers import TextIteratorStreamer
+
+        self.options = options
+        self.generation: Generation | None = None
+        self._tokenizer = tokenizer
+        self._cancel = threading.Event()
+        self._error: BaseException | None = None
+        self._output = None
+        self._stop_ids = end_token_ids(tokenizer)
+        self._input_ids, attention_mask = _encode(tokenizer, [prompt], model.device)
+        self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._thread = threading.Thread(target=self._run, args=(model, attention_mask), daemon=True)
+        self._thread.start()
+
+    def _run(self, model, attention_mask) -> None:
+        import torch
+
+        try:
+            _seed(self.options)
+            with torch.inference_mode():
+                self._output = model.generate(
+                    input_ids=self._input_ids, attention_mask=attention_mask, tokenizer=self._tokenizer,
+                    streamer=self._streamer, stopping_criteria=[_CancelCriteria(self._cancel)],
+                    generation_config=_generation_config(self._tokenizer, self.options, self._stop_ids))
+        except BaseException as e:  # handed to the reading thread, which raises it
+            self._error = e
+            self._streamer.end()
+
+    def __iter__(self) -> Iterator[str]:
+        scanner = StopScanner(self.options.stop)
+        for piece in self._streamer:
+            shown = scanner.feed(piece)
+            if shown:
+                yield shown
+            if scanner.done:
+                self.close()
+        tail = scanner.flush()
+        if tail:
+            yield tail
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        new = self._output[0, self._input_ids.shape[1]:].tolist()
+        self.generation = _finish(self._tokenizer, new, self._input_ids.shape[1], self.options, self._stop_ids)
+
+    def close(self) -> None:
+        self._cancel.set()
+
+    def __enter__(self) -> GenerationStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+        # drain so the generating thread is never blocked on a full queue
+        for _ in self._streamer:
+            pass
+        self._thread.join()
+
+
+class _CancelCriteria:
+    """A stopping criterion that ends generation when the stream's reader has gone away."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def stream_generate(model, tokenizer, prompt: str, options: GenerationOptions) -> GenerationStream:
+    """Start answering one rendered prompt; iterate the result for text pieces as they are produced."""
+    return GenerationStream(model, tokenizer, prompt, options)
+
+
+@dataclass
+class Generator:
+    """A model ready to answer: weights, tokenizer and the template it was trained with, kept together."""
+
+    model: object
+    tokenizer: object
+    template: TemplateConfig
+    name: str
+    base_model: str
+    method: str | None = None
+    source: str = ""
+
+    @property
+    def context_length(self) -> int:
+        from tunesmith.models import context_length
+
+        return context_length(self.model.config)
+
+    def render(self, item: Record | Sequence[Message | dict] | str) -> str:
+        """The prompt text for a record, a conversation ending with a user turn, or a bare user message.
+
+        >>> gen.render("Hi")  # doctest: +SKIP
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        from tunesmith.templates import render_prompt
+
+        return render_prompt(as_prompt_record(item), self.template, self.tokenizer)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompts: Sequence[str], options: GenerationOptions, batch_size: int = 8,
+                 progress: bool = False) -> list[Generation]:
+        """Answer many rendered prompts, `batch_size` at a time, similar lengths together (less padding)."""
+        from tqdm import tqdm
+
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[Generation | None] = [None] * len(prompts)
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
+            for i, generation in zip(batch, generate_batch(self.model, self.tokenizer,
+                                                           [prompts[i] for i in batch], options)):
+                results[i] = generation
+        return results
+
+    def stream(self, prompt: str, options: GenerationOptions) -> GenerationStream:
+        return stream_generate(self.model, self.tokenizer, prompt, options)
+
+
+def as_prompt_record(item: Record | Sequence[Message | dict] | str) -> Record:
+    """Whatever the caller holds, as a record whose answer is still to be written.
+
+    >>> as_prompt_record("Hi").messages
+    (Message(role='user', content='Hi'), Message(role='assistant', content=''))
+    """
+    if isinstance(item, Record):
+        return item
+    if isinstance(item, str):
+        item = [Message("user", item)]
+    messages = tuple(m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in item)
+    if messages and messages[-1].role == "assistant":
+        raise ValueError("the conversation already ends with an answer; the last message must be the user's")
+    return Record("<prompt>", 1, "messages", messages=messages + (Message("assistant", ""),))
+
+
+def read_run_info(model_dir: Path) -> dict | None:
+    """The `tunesmith.json` next to a trained or exported model, or None for a plain model folder."""
+    path = model_dir / RUN_INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e}); it is written by `tunesmith train`") from None
+    if not isinstance(info, dict) or "base_model" not in info:
+        raise RunError(f"{path}: missing 'base_model'; it is written by `tunesmith train`")
+    return info
+
+
+def locate_model(run_or_model: str) -> tuple[Path | None, dict | None]:
+    """Where the weights are and what `tunesmith.json` says about them.
+
+    `runs/x` (a run folder) -> (`runs/x/model`, info); `runs/x/model` or an exported folder -> (itself, info);
+    anything else (alias, plain folder, hub name) -> (None, None).
+
+    Raises:
+        RunError: a run folder without a trained model.
+    """
+    path = Path(run_or_model).expanduser()
+    if not path.is_dir():
+        return None, None
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        model_dir = path / "model"
+        info = read_run_info(model_dir)
+        if info is None:
+            raise RunError(f"{path}: this run has no trained model yet ({model_dir / RUN_INFO_FILE} is missing); "
+                           f"run `tunesmith train` first")
+        return model_dir, info
+    info = read_run_info(path)
+    return (path, info) if info is not None else (None, None)
+
+
+def _torch_dtype(precision: str, device):
+    import torch
+
+    from tunesmith.models import resolve_precision
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        resolve_precision(precision, device)]
+
+
+def load_model_for(model_dir: Path | None, info: dict | None, which: str, model_config: ModelConfig,
+                   dtype, device):
+    """The weights to run: a full model as saved, LoRA adapters merged into their base, or the base itself."""
+    from tunesmith.models import load_model
+
+    if info is None or which == "base":
+        return load_model(model_config, dtype=dtype, device=device)
+    if not (model_dir / "adapter_config.json").is_file():
+        return load_model(model_config.model_copy(update={"name": str(model_dir)}), dtype=dtype, device=device)
+    from peft import PeftModel
+
+    base = load_model(model_config, dtype=dtype)
+    # Merged weights run faster and give exactly what `tunesmith export --merge` writes.
+    return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload().to(device)
+
+
+def _load_tokenizer(model_dir: Path | None, model_config: ModelConfig):
+    """The tokenizer saved with the run (the one training used), else the base model's."""
+    from tunesmith.models import load_tokenizer
+
+    if model_dir is None or not (model_dir / "tokenizer_config.json").is_file():
+        return load_tokenizer(model_config)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=model_config.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_for_inference(run_or_model: str, which: Literal["finetuned", "base"] = "finetuned",
+                       precision: str = "auto", device=None) -> Generator:
+    """Load a run's model (or its base) with the template it was trained with, or any model with `auto`.
+
+    Raises:
+        RunError: a run folder without a trained model, or a broken `tunesmith.json`.
+        ModelError: the model cannot be loaded; `which` is not finetuned/base.
+    """
+    from tunesmith.models import default_device
+
+    if which not in ("finetuned", "base"):
+        raise ModelError(f"which={which!r}: choose 'finetuned' or 'base'")
+    model_dir, info = locate_model(run_or_model)
+    device = device or default_device()
+    dtype = _torch_dtype(precision, device)
+    if info is None:
+        model_config, template = ModelConfig(name=run_or_model), TemplateConfig()
+    else:
+        model_config = ModelConfig.model_validate({**info.get("model", {}), "name": info["base_model"]})
+        template = TemplateConfig.model_validate(info.get("template") or {})
+    model = load_model_for(model_dir, info, which, model_config, dtype, device)
+    model.eval()
+    tokenizer = _load_tokenizer(model_dir if which == "finetuned" else None, model_config)
+    name = Path(run_or_model).name if info is not None else run_or_model
+    return Generator(model=model, tokenizer=tokenizer, template=template,
+                     name=name if which == "finetuned" else f"{name}:base",
+                     base_model=info["base_model"] if info else run_or_model,
+                     method=(info or {}).get("method"), source=str(run_or_model))
