@@ -1,0 +1,298 @@
+"""Prompt templates: how a canonical record becomes training text, split into trainable and masked parts.
+
+A template turns a `Record` into `Segment`s: text the model only reads (prompt, chat scaffolding) and text it
+learns to write (each answer, ending with the end token so the model learns to stop). Tokenization encodes
+each segment on its own and masks by segment, so masking never depends on finding token ids in the output.
+
+Prompt templates are plain functions in `PROMPT_TEMPLATES` (pair record -> prompt text); `chat` uses the
+tokenizer's own chat template instead and is the only one that handles multi-turn conversations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from tunesmith.config import TemplateConfig
+from tunesmith.data import Record, as_messages, as_pair
+from tunesmith.errors import ConfigError, DataError
+
+__all__ = ["PROMPT_TEMPLATES", "Segment", "render_prompt", "render_segments", "resolve_template_name",
+           "end_token"]
+
+# The exact wording of tatsu-lab/stanford_alpaca train.py (PROMPT_DICT). The answer follows "### Response:"
+# directly, as in Stanford's training text (prompt + output + eos).
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+# The answer starts on the line after "### Answer:"; the same text is used for training and generation.
+QA = "### Question:\n{question}\n\n### Answer:\n"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of the training text; `trainable` pieces carry the loss (answers and their end token)."""
+
+    text: str
+    trainable: bool
+
+
+def _with_system(record: Record, prompt: str) -> str:
+    """A record's own system text, when it has one, goes first, separated by a blank line."""
+    return f"{record.system}\n\n{prompt}" if record.system else prompt
+
+
+def alpaca_prompt(record: Record, template: TemplateConfig) -> str:
+    """Stanford Alpaca wording, with or without input.
+
+    >>> alpaca_prompt(Record("f", 1, "alpaca", prompt="Add 2+2."), TemplateConfig())[-40:]
+    'request.\\n\\n### Instruction:\\nAdd 2+2.\\n\\n### Response:'
+    """
+    text = (ALPACA_WITH_INPUT if record.input else ALPACA_NO_INPUT).format(instruction=record.prompt,
+                                                                           input=record.input)
+    return _with_system(record, text)
+
+
+def qa_prompt(record: Record, template: TemplateConfig) -> str:
+    """`### Question:` / `### Answer:` headings; an input is appended to the question after a blank line.
+
+    >>> qa_prompt(Record("f", 1, "qa", prompt="2+2?"), TemplateConfig())
+    '### Question:\\n2+2?\\n\\n### Answer:\\n'
+    """
+    question = f"{record.prompt}\n\n{record.input}" if record.input else record.prompt
+    return _with_system(record, QA.format(question=question))
+
+
+def plain_prompt(record: Record, template: TemplateConfig) -> str:
+    """The prompt exactly as given (an input follows after a blank line): for data that is already templated.
+
+    >>> plain_prompt(Record("f", 1, "prompt_completion", prompt="Q: 2+2?\\nA:"), TemplateConfig())
+    'Q: 2+2?\\nA:'
+    """
+    return _with_system(record, f"{record.prompt}\n\n{record.input}" if record.input else record.prompt)
+
+
+JINJA_VARIABLES = ("prompt", "input", "system")
+
+
+@lru_cache(maxsize=16)
+def _compile_jinja(source: str):
+    """Compile a user template (text, or the path of a file holding it) in a sandbox.
+
+    Raises:
+        ConfigError: the template does not parse.
+    """
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    where = "template.jinja"
+    text = source
+    if "\n" not in source and len(source) < 4096:
+        try:
+            path = Path(source).expanduser()
+            if path.is_file():
+                where, text = str(path), path.read_text(encoding="utf-8")
+        except OSError:
+            pass
+    # What the user writes is what the prompt is: a trailing newline (e.g. after "Answer:") is kept.
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    try:
+        return where, env.from_string(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise ConfigError(f"{where}: line {e.lineno}: invalid Jinja template: {e.message}") from None
+
+
+def jinja_prompt(record: Record, template: TemplateConfig) -> str:
+    """A user Jinja template (text or file) rendering the prompt from `prompt`, `input` and `system`.
+
+    >>> jinja_prompt(Record("f", 1, "qa", prompt="2+2?"), TemplateConfig(name="jinja", jinja="Q: {{ prompt }}\\nA:"))
+    'Q: 2+2?\\nA:'
+
+    Raises:
+        ConfigError: the template does not parse or uses a variable other than prompt, input, system.
+    """
+    import jinja2
+
+    where, compiled = _compile_jinja(template.jinja or "")
+    try:
+        return compiled.render(prompt=record.prompt, input=record.input, system=record.system or "")
+    except jinja2.UndefinedError as e:
+        raise ConfigError(f"{where}: {e.message}; a template can use {', '.join(JINJA_VARIABLES)}") from None
+    except jinja2.TemplateError as e:
+        raise ConfigError(f"{where}: rendering {record.where} failed: {e}") from None
+
+
+PROMPT_TEMPLATES: dict[str, Callable[[Record, TemplateConfig], str]] = {
+    "alpaca": alpaca_prompt,
+    "qa": qa_prompt,
+    "none": plain_prompt,
+    "jinja": jinja_prompt,
+}
+"""Template name -> function rendering a pair record's prompt (everything before the answer)."""
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_template_name(template: TemplateConfig, tokenizer) -> str:
+    """The template actually used: `auto` is `chat` when the tokenizer has a chat template, else `alpaca`.
+
+    Raises:
+        ConfigError: `chat` was asked for but the tokenizer has no chat template.
+    """
+    if template.name == "auto":
+        return "chat" if has_chat_template(tokenizer) else "alpaca"
+    if template.name == "chat" and not has_chat_template(tokenizer):
+        raise ConfigError(f"template.name=chat: this model's tokenizer has no chat template; "
+                          f"use one of {', '.join(PROMPT_TEMPLATES)}")
+    return template.name
+
+
+def end_token(tokenizer) -> str:
+    """The text of the token that ends an answer (the tokenizer's end-of-sequence token).
+
+    Raises:
+        ConfigError: the tokenizer has no end-of-sequence token, so a model could never learn to stop.
+    """
+    if not tokenizer.eos_token:
+        raise ConfigError("the model's tokenizer has no end-of-sequence token; answers could never end")
+    return tokenizer.eos_token
+
+
+def _pair_for_prompt_template(record: Record, name: str) -> Record:
+    try:
+        return as_pair(record)
+    except ValueError:
+        raise DataError(f"a multi-turn conversation cannot use template.name={name}; "
+                        f"use template.name=chat", file=record.file, line=record.line) from None
+
+
+def _chat_messages(record: Record, template: TemplateConfig) -> list[dict]:
+    """Role/content dicts for the chat template; the configured system prompt is used only when the record
+    has no system message of its own."""
+    messages = [{"role": m.role, "content": m.content} for m in as_messages(record)]
+    if template.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": template.system_prompt})
+    return messages
+
+
+def _apply_chat_template(tokenizer, messages: list[dict], record: Record, add_generation_prompt: bool) -> str:
+    import jinja2
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except jinja2.TemplateError as e:  # raised by the model's own template, e.g. "roles must alternate"
+        raise DataError(f"the model's chat template rejected this conversation: {e}",
+                        file=record.file, line=record.line) from None
+
+
+def _not_prefix_stable(record: Record, turn: int) -> ConfigError:
+    return ConfigError(f"{record.where}: the model's chat template renders earlier turns differently once "
+                       f"assistant turn {turn} is added (it is not prefix-stable), so the answers cannot be "
+                       f"masked reliably; use single-turn data with template.name=alpaca/qa/jinja, or a model "
+                       f"whose chat template keeps earlier turns unchanged")
+
+
+def chat_segments(record: Record, template: TemplateConfig, tokenizer) -> list[Segment]:
+    """Segments of a conversation rendered by the tokenizer's chat template; every assistant turn is trainable.
+
+    Each prefix of the conversation is rendered and must be a prefix of the next rendering, so the text between
+    "prompt up to assistant turn i" and "conversation including turn i" is exactly that turn's answer. The answer
+    is trainable up to and including the end token (`<|im_end|>`); what the template adds after it (a newline)
+    is not. When the template closes turns with a token other than the end token, the whole turn is trainable.
+
+    With SmolLM2, user "Hi" and assistant "Hey" give
+    `<|im_start|>system ... <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n` (masked),
+    `Hey<|im_end|>` (trainable), `\\n` (masked).
+
+    Raises:
+        ConfigError: the chat template is not prefix-stable.
+        DataError: the chat template rejects the conversation.
+    """
+    messages = _chat_messages(record, template)
+    end = end_token(tokenizer)
+    segments: list[Segment] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _apply_chat_template(tokenizer, messages[:i], record, add_generation_prompt=True)
+        after = _apply_chat_template(tokenizer, messages[: i + 1], record, add_generation_prompt=False)
+        if not before.startswith(done) or not after.startswith(before):
+            raise _not_prefix_stable(record, i)
+        answer = after[len(before):]
+        cut = answer.rfind(end)
+        cut = len(answer) if cut < 0 else cut + len(end)
+        segments += [Segment(before[len(done):], False), Segment(answer[:cut], True), Segment(answer[cut:], False)]
+        done = after
+    full = _apply_chat_template(tokenizer, messages, record, add_generation_prompt=False)
+    if not full.startswith(done):
+        raise _not_prefix_stable(record, len(messages) - 1)
+    segments.append(Segment(full[len(done):], False))
+    return _merge(segments)
+
+
+def _merge(segments: list[Segment]) -> list[Segment]:
+    """Drop empty segments and join neighbours of the same kind (fewer tokenizer boundaries)."""
+    merged: list[Segment] = []
+    for segment in segments:
+        if not segment.text:
+            continue
+        if merged and merged[-1].trainable == segment.trainable:
+            merged[-1] = Segment(merged[-1].text + segment.text, segment.trainable)
+        else:
+            merged.append(segment)
+    return merged
+
+
+def render_segments(record: Record, template: TemplateConfig, tokenizer) -> list[Segment]:
+    """The training text of a record as masked and trainable segments; the answer ends with the end token.
+
+    >>> render_segments(Record("f", 1, "qa", prompt="2+2?", response="4"), TemplateConfig(name="qa"), tok)
+    [Segment(text='### Question:\\n2+2?\\n\\n### Answer:\\n', trainable=False), Segment(text='4<|im_end|>', trainable=True)]
+
+    A text record is one trainable segment (its text and the end token).
+
+    Raises:
+        ConfigError: the template cannot be used with this tokenizer.
+        DataError: a multi-turn conversation with a prompt template, or one the chat template rejects.
+    """
+    end = end_token(tokenizer)
+    if record.kind == "text":
+        return [Segment((record.text or "") + end, True)]
+    name = resolve_template_name(template, tokenizer)
+    if name == "chat":
+        return chat_segments(record, template, tokenizer)
+    pair = _pair_for_prompt_template(record, name)
+    return _merge([Segment(PROMPT_TEMPLATES[name](pair, template), False), Segment(pair.response + end, True)])
+
+
+def render_prompt(record: Record, template: TemplateConfig, tokenizer) -> str:
+    """Everything up to where the model starts answering, for generation (the record's own answer, if any, and
+    anything after it are left out; a conversation ending with a user turn gets the assistant header).
+
+    >>> render_prompt(Record("f", 1, "qa", prompt="2+2?", response="4"), TemplateConfig(name="qa"), tok)
+    '### Question:\\n2+2?\\n\\n### Answer:\\n'
+
+    Raises:
+        DataError: a text record (it has no prompt), or a multi-turn conversation with a prompt template.
+    """
+    if record.kind == "text":
+        raise DataError("a plain-text record has no prompt to answer", file=record.file, line=record.line)
+    name = resolve_template_name(template, tokenizer)
+    if name != "chat":
+        return PROMPT_TEMPLATES[name](_pair_for_prompt_template(record, name), template)
+    messages = _chat_messages(record, template)
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    return _apply_chat_template(tokenizer, messages, record, add_generation_prompt=True)
