@@ -175,6 +175,86 @@ class OutputConfig(Section):
     """Run name; empty derives one from the data file and time."""
 
 
+class TeacherConfig(Section):
+    """The LLM that writes generated data (`tunesmith generate self-instruct|from-docs`); not part of a run."""
+
+    url: str | None = None
+    """OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (a bare host gets /v1 appended)."""
+    model: str | None = None
+    """Model name sent to the endpoint; empty uses the first model its /models lists."""
+    key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's API key; when it is unset no key is sent."""
+    local: str | None = None
+    """Run this model in-process instead of calling an endpoint: a run folder, model folder or alias."""
+    concurrency: int = Field(default=4, gt=0, le=256)
+    """Requests in flight at once (prompts per batch for a local teacher)."""
+    max_retries: int = Field(default=4, ge=0, le=20)
+    """Retries of a request after a 429, a 5xx, a timeout or a lost connection; then it counts as failed."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Seconds one request may take."""
+    backoff_s: float = Field(default=1.0, ge=0)
+    """Delay before the first retry; it doubles on each retry (with random jitter), up to 60 s."""
+    max_tokens: int = Field(default=1536, gt=0)
+    """Longest answer the teacher may write per request."""
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    """Sampling temperature of the teacher (some variety is what self-instruct needs)."""
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> TeacherConfig:
+        if bool(self.url) == bool(self.local):
+            raise ValueError("give exactly one teacher: an endpoint URL (--teacher-url) or a local model "
+                             "(--teacher-local)")
+        return self
+
+
+class SelfInstructConfig(Section):
+    """Alpaca-style self-instruct: new instruction/input/output triples from a few seed tasks."""
+
+    num_examples: int = Field(default=500, gt=0)
+    """How many examples the output file should hold (existing lines count, so a rerun resumes)."""
+    tasks_per_request: int = Field(default=8, gt=0, le=50)
+    """New tasks asked for in each request."""
+    seed_examples: int = Field(default=3, ge=1)
+    """Seed tasks shown to the teacher in each request."""
+    generated_examples: int = Field(default=1, ge=0)
+    """Earlier generated tasks shown as well, once there are some."""
+    min_instruction_words: int = Field(default=3, ge=1)
+    """Shorter instructions are dropped."""
+    max_instruction_words: int = Field(default=150, ge=1)
+    """Longer instructions are dropped."""
+    similarity_threshold: float = Field(default=0.7, gt=0, le=1)
+    """ROUGE-L F1 against any kept instruction at or above which a new one is a near-duplicate."""
+    max_requests: int | None = Field(default=None, gt=0)
+    """Stop after this many requests; empty allows 4x what a perfect teacher would need."""
+    seed: int = 0
+    """Seed for choosing which tasks each request shows."""
+
+
+class FromDocsConfig(Section):
+    """Question/answer pairs written by the teacher from chunks of the user's documents."""
+
+    per_chunk: int = Field(default=3, gt=0, le=50)
+    """Pairs asked for per chunk."""
+    chunk_tokens: int = Field(default=512, ge=32)
+    """Budget of one chunk, estimated as characters / 4 (the teacher's tokenizer is not known here)."""
+    grade: bool = False
+    """Ask the teacher, in a second request, whether each pair is grounded in its chunk; keep only those."""
+    similarity_threshold: float = Field(default=0.7, gt=0, le=1)
+    """ROUGE-L F1 against any kept question at or above which a new one is a near-duplicate."""
+
+
+def validate_section(cls: type[Section], raw: dict, source: str) -> Section:
+    """Validate a dict into one config section (for commands that take flags, not a config file).
+
+    Raises:
+        ConfigError: listing every invalid key and value at once.
+    """
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise _format_validation_error(e, source) from None
+
+
 class Config(Section):
     """Everything a run needs; saved as `config.yaml` in its run folder."""
 
