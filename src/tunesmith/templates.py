@@ -19,8 +19,8 @@ from tunesmith.config import TemplateConfig
 from tunesmith.data import Record, as_messages, as_pair
 from tunesmith.errors import ConfigError, DataError
 
-__all__ = ["PROMPT_TEMPLATES", "Segment", "render_prompt", "render_segments", "resolve_template_name",
-           "end_token"]
+__all__ = ["PROMPT_TEMPLATES", "Segment", "end_token", "jinja_source", "render_prompt", "render_segments",
+           "resolve_template_name"]
 
 # The exact wording of tatsu-lab/stanford_alpaca train.py (PROMPT_DICT). The answer follows "### Response:"
 # directly, as in Stanford's training text (prompt + output + eos).
@@ -84,9 +84,27 @@ def plain_prompt(record: Record, template: TemplateConfig) -> str:
 JINJA_VARIABLES = ("prompt", "input", "system")
 
 
+def jinja_source(template: TemplateConfig) -> tuple[str, str]:
+    """(where, text) of the user's Jinja template: `template.jinja` names a file when one exists there,
+    otherwise it is the template text itself.
+
+    >>> jinja_source(TemplateConfig(name="jinja", jinja="Q: {{ prompt }}"))
+    ('template.jinja', 'Q: {{ prompt }}')
+    """
+    source = template.jinja or ""
+    if "\n" not in source and len(source) < 4096:
+        try:
+            path = Path(source).expanduser()
+            if path.is_file():
+                return str(path), path.read_text(encoding="utf-8")
+        except OSError:
+            pass
+    return "template.jinja", source
+
+
 @lru_cache(maxsize=16)
-def _compile_jinja(source: str):
-    """Compile a user template (text, or the path of a file holding it) in a sandbox.
+def _compile_jinja(where: str, text: str):
+    """Compile a user template in a sandbox (it is user text, so it gets no access to Python internals).
 
     Raises:
         ConfigError: the template does not parse.
@@ -94,15 +112,6 @@ def _compile_jinja(source: str):
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    where = "template.jinja"
-    text = source
-    if "\n" not in source and len(source) < 4096:
-        try:
-            path = Path(source).expanduser()
-            if path.is_file():
-                where, text = str(path), path.read_text(encoding="utf-8")
-        except OSError:
-            pass
     # What the user writes is what the prompt is: a trailing newline (e.g. after "Answer:") is kept.
     env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     try:
@@ -122,7 +131,7 @@ def jinja_prompt(record: Record, template: TemplateConfig) -> str:
     """
     import jinja2
 
-    where, compiled = _compile_jinja(template.jinja or "")
+    where, compiled = _compile_jinja(*jinja_source(template))
     try:
         return compiled.render(prompt=record.prompt, input=record.input, system=record.system or "")
     except jinja2.UndefinedError as e:
