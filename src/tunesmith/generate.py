@@ -77,8 +77,7 @@ def _generation_config(tokenizer, options: GenerationOptions, stop_ids: set[int]
 
     sampling = dict(temperature=options.temperature, top_p=options.top_p) if options.do_sample else {}
     return GenerationConfig(max_new_tokens=options.max_new_tokens, do_sample=options.do_sample,
-                            eos_token_id=sorted(stop_ids), pad_token_id=_pad_id(tokenizer), use_cache=True,
-                            stop_strings=list(options.stop) or None, **sampling)
+                            eos_token_id=sorted(stop_ids), pad_token_id=_pad_id(tokenizer), use_cache=True, **sampling)
 
 
 def _pad_id(tokenizer) -> int:
@@ -86,9 +85,14 @@ def _pad_id(tokenizer) -> int:
 
 
 def _encode(tokenizer, prompts: Sequence[str], device):
-    # The template renders every special token itself (bos, turn markers), as it did for training.
-    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left",
-                        add_special_tokens=False)
+    """Left-padded ids and mask of rendered prompts, tokenized exactly as training tokenized them: the template
+    wrote its own special tokens, and the tokenizer's BOS goes in front once (see `tokenization`)."""
+    from tunesmith.tokenization import special_prefix
+
+    prefix = special_prefix(tokenizer)
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    ids = [row if row[:len(prefix)] == prefix else prefix + row for row in ids]
+    encoded = tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
     return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 
 
@@ -125,6 +129,27 @@ def _finish(tokenizer, new_ids: list[int], num_prompt_tokens: int, options: Gene
     return Generation(text, num_prompt_tokens, num_tokens, reason)
 
 
+class _StopCriteria:
+    """Ends a row when its answer (never the prompt) holds a stop string, or every row when cancelled.
+
+    transformers' own `stop_strings` also matches a stop string that begins inside the prompt, which would end
+    "...sunset." + ".." at a "..." stop; OpenAI's stop sequences only look at the answer.
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_length: int, cancel: threading.Event | None = None):
+        self.tokenizer, self.stops, self.prompt_length, self.cancel = tokenizer, list(stops), prompt_length, cancel
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        import torch
+
+        if self.cancel is not None and self.cancel.is_set():
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if not self.stops:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        answers = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        return torch.tensor([first_stop(a, self.stops) is not None for a in answers], device=input_ids.device)
+
+
 def generate_batch(model, tokenizer, prompts: Sequence[str], options: GenerationOptions) -> list[Generation]:
     """Answer every prompt in one left-padded batch (one forward pass per new token, KV cache on).
 
@@ -138,7 +163,8 @@ def generate_batch(model, tokenizer, prompts: Sequence[str], options: Generation
     input_ids, attention_mask = _encode(tokenizer, prompts, model.device)
     _seed(options)
     with torch.inference_mode():
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, tokenizer=tokenizer,
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                stopping_criteria=[_StopCriteria(tokenizer, options.stop, input_ids.shape[1])],
                                 generation_config=_generation_config(tokenizer, options, stop_ids))
     new = output[:, input_ids.shape[1]:].tolist()
     prompt_lengths = attention_mask.sum(dim=1).tolist()
@@ -209,8 +235,9 @@ class GenerationStream:
             _seed(self.options)
             with torch.inference_mode():
                 self._output = model.generate(
-                    input_ids=self._input_ids, attention_mask=attention_mask, tokenizer=self._tokenizer,
-                    streamer=self._streamer, stopping_criteria=[_CancelCriteria(self._cancel)],
+                    input_ids=self._input_ids, attention_mask=attention_mask, streamer=self._streamer,
+                    stopping_criteria=[_StopCriteria(self._tokenizer, self.options.stop,
+                                                     self._input_ids.shape[1], self._cancel)],
                     generation_config=_generation_config(self._tokenizer, self.options, self._stop_ids))
         except BaseException as e:  # handed to the reading thread, which raises it
             self._error = e
@@ -247,18 +274,6 @@ class GenerationStream:
         self._thread.join()
 
 
-class _CancelCriteria:
-    """A stopping criterion that ends generation when the stream's reader has gone away."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 def stream_generate(model, tokenizer, prompt: str, options: GenerationOptions) -> GenerationStream:
     """Start answering one rendered prompt; iterate the result for text pieces as they are produced."""
     return GenerationStream(model, tokenizer, prompt, options)
@@ -292,8 +307,9 @@ class Generator:
 
         return render_prompt(as_prompt_record(item), self.template, self.tokenizer)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def count_tokens(self, prompt: str) -> int:
+        """How many tokens a rendered prompt takes, counted as generation will feed it."""
+        return int(_encode(self.tokenizer, [prompt], "cpu")[1].sum())
 
     def generate(self, prompts: Sequence[str], options: GenerationOptions, batch_size: int = 8,
                  progress: bool = False) -> list[Generation]:
