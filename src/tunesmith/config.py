@@ -243,6 +243,27 @@ class FromDocsConfig(Section):
     """ROUGE-L F1 against any kept question at or above which a new one is a near-duplicate."""
 
 
+class ServeConfig(Section):
+    """Limits of `tunesmith serve`: every request is bounded so one client cannot exhaust the server."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on; loopback only unless you mean to expose the model to your network."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port (0 picks a free one)."""
+    batch_size: int = Field(default=8, gt=0)
+    """Waiting answers generated together in one batch."""
+    max_queue: int = Field(default=256, gt=0)
+    """Requests waiting beyond this are refused with 429."""
+    max_body_bytes: int = Field(default=1_000_000, gt=0)
+    """Largest request body; larger ones get 413."""
+    max_tokens: int = Field(default=1024, gt=0)
+    """Largest `max_tokens` a request may ask for."""
+    default_max_tokens: int = Field(default=256, gt=0)
+    """Answer length when a request does not say (capped by the context left after the prompt)."""
+    max_n: int = Field(default=8, gt=0)
+    """Most answers (`n`) one request may ask for."""
+
+
 def validate_section(cls: type[Section], raw: dict, source: str) -> Section:
     """Validate a dict into one config section (for commands that take flags, not a config file).
 
