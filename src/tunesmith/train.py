@@ -1,0 +1,635 @@
+"""Training: one loop for full finetuning and LoRA, read top to bottom.
+
+setup (processes, precision, seed) → data (prepared splits, deterministic order) → model (full, or wrapped in
+LoRA: the only difference between methods) → optimizer → resume → loop (accumulate, clip, step, log, evaluate,
+checkpoint) → save the final model.
+
+Choices that make this trainer better than a generic one:
+- The loss of an optimizer step is the sum of token losses over ALL its micro-batches (and processes) divided by
+  their total count of loss-bearing tokens, so batch 8 × accumulation 1 and 2 × 4 give the same update.
+- Examples are packed into rows (see packing.py), so almost no compute goes to padding.
+- The output layer runs only at loss-bearing positions, in chunks, so memory never scales with
+  sequence × vocabulary.
+- The learning rate is a pure function of the step, and the data order a pure function of seed and epoch, so a
+  resumed run continues exactly where it stopped; checkpoints are written atomically with a `latest` pointer
+  written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunesmith.config import ModelConfig, TemplateConfig, TrainingConfig, learning_rate
+from tunesmith.errors import TrainingError
+from tunesmith.models import apply_lora, load_model, load_tokenizer, resolve_model_path, resolve_precision
+from tunesmith.packing import collate_packed
+from tunesmith.runs import RunPaths, append_jsonl, atomic_dir, atomic_write_bytes, atomic_write_json, \
+    atomic_write_text, read_jsonl
+from tunesmith.tokenization import IGNORE_INDEX, pad_collate
+
+__all__ = ["TrainResult", "train", "lr_at", "step_examples", "token_loss_sum", "CausalLMLoss"]
+
+RUN_INFO_FILE = "tunesmith.json"
+LATEST = "latest"
+HEAD_CHUNK_ROWS = 1024
+"""Loss-bearing positions sent through the output layer at once; bounds logits memory to rows × vocabulary."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the trained model is and how training went (the same facts as `train_summary.json`)."""
+
+    model_dir: Path
+    merged_dir: Path | None
+    steps: int
+    final_train_loss: float | None
+    final_test_loss: float | None
+    best_test_loss: float | None
+    summary: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pure pieces: schedule and data order
+
+
+def warmup_steps(training: TrainingConfig, total_steps: int) -> int:
+    """Explicit `warmup_steps`, else `warmup_ratio` of the run (rounded up so a small ratio still warms up)."""
+    if training.warmup_steps is not None:
+        return training.warmup_steps
+    return math.ceil(training.warmup_ratio * total_steps)
+
+
+def lr_at(step: int, peak: float, total_steps: int, warmup: int, schedule: str) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then linear/cosine decay to 0 or constant.
+
+    A pure function of the step, so resuming needs no scheduler state.
+
+    >>> [round(lr_at(s, 1.0, 4, 2, "linear"), 3) for s in range(4)]
+    [0.5, 1.0, 0.667, 0.333]
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant":
+        return peak
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if schedule == "linear":
+        return peak * (1.0 - progress)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled example order of one epoch, the same in every process and every resumed run."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def steps_per_epoch(num_examples: int, examples_per_step: int, world_size: int) -> int:
+    """Optimizer steps in one epoch; a last partial step is kept when every process gets an example of it."""
+    full, rest = divmod(num_examples, examples_per_step)
+    return full + (1 if rest >= world_size else 0)
+
+
+def step_examples(step: int, num_examples: int, training: TrainingConfig, rank: int = 0,
+                  world_size: int = 1) -> list[list[int]]:
+    """Example indices of each micro-batch this process runs at optimizer step `step`.
+
+    The step's examples are cut into one contiguous shard per process, and each shard into the same number of
+    micro-batches in every process (fewer than `gradient_accumulation_steps` only for a short last step).
+
+    >>> from tunesmith.config import TrainingConfig
+    >>> len(step_examples(0, 8, TrainingConfig(batch_size=2, gradient_accumulation_steps=4, seed=0)))
+    4
+    """
+    per_step = training.batch_size * training.gradient_accumulation_steps * world_size
+    epoch, index = divmod(step, steps_per_epoch(num_examples, per_step, world_size))
+    chosen = epoch_order(num_examples, training.seed, epoch)[index * per_step:(index + 1) * per_step]
+    shard = np.array_split(chosen, world_size)[rank]
+    micro = min(training.gradient_accumulation_steps, len(chosen) // world_size)
+    return [part.tolist() for part in np.array_split(shard, micro)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loss at loss-bearing positions only
+
+
+def token_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
+                   softcap: float | None = None) -> torch.Tensor:
+    """Sum of next-token cross-entropies where the (shifted) label is not IGNORE_INDEX.
+
+    Only those positions go through the output layer, in chunks of HEAD_CHUNK_ROWS; each chunk's logits are
+    recomputed in the backward pass instead of kept, so memory is bounded by chunk × vocabulary.
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    rows, targets = hidden[:, :-1][keep], targets[keep]
+
+    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        return F.cross_entropy(logits, t, reduction="sum")
+
+    if len(rows) <= HEAD_CHUNK_ROWS:
+        return chunk_loss(rows, targets)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(rows), HEAD_CHUNK_ROWS):
+        part = slice(start, start + HEAD_CHUNK_ROWS)
+        total = total + torch.utils.checkpoint.checkpoint(chunk_loss, rows[part], targets[part], use_reentrant=False)
+    return total
+
+
+class CausalLMLoss(torch.nn.Module):
+    """Wraps a causal LM (plain or PEFT) so its forward returns the summed token loss, not logits.
+
+    It calls the model's trunk for hidden states and applies the output layer itself (token_loss_sum). Being
+    the module that accelerate/DDP wraps, its forward is what the processes synchronize on.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def causal_lm(self) -> torch.nn.Module:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids, labels, position_ids, attention_mask=None) -> torch.Tensor:
+        lm = self.causal_lm()
+        # No KV cache: with one, transformers would not build the per-example mask of packed rows.
+        hidden = lm.base_model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                               use_cache=False).last_hidden_state
+        softcap = getattr(lm.config, "final_logit_softcapping", None)
+        return token_loss_sum(hidden, labels, lm.get_output_embeddings(), softcap)
+
+
+def make_batch(examples: list[dict], packing: bool, max_row_tokens: int, pad_token_id: int) -> dict:
+    """A model-ready micro-batch: packed rows, or padded rows with positions counted from each example's start."""
+    if packing:
+        return collate_packed(examples, max_row_tokens, pad_token_id)
+    batch = pad_collate(examples, pad_token_id, "right")
+    batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# setup helpers
+
+
+def build_optimizer(model: torch.nn.Module, training: TrainingConfig, peak_lr: float) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norms (1-D parameters), or Adafactor."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if training.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=peak_lr, scale_parameter=False, relative_step=False, warmup_init=False,
+                         weight_decay=training.weight_decay)
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": training.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=peak_lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def build_model(model_cfg: ModelConfig, training: TrainingConfig):
+    """The trainable model in fp32 master weights: full, or the base frozen under LoRA adapters.
+
+    Raises:
+        TrainingError: QLoRA without CUDA and bitsandbytes.
+    """
+    if training.method == "qlora":
+        if not torch.cuda.is_available():
+            raise TrainingError("training.method=qlora needs a CUDA GPU (4-bit weights); use method=lora on CPU")
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainingError("training.method=qlora needs bitsandbytes: `pip install bitsandbytes`")
+        model = _load_4bit(model_cfg)
+    else:
+        model = load_model(model_cfg, dtype=torch.float32)
+    model.config.use_cache = False
+    if training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if training.method in ("lora", "qlora"):
+        model = apply_lora(model, training)
+    return model
+
+
+def _load_4bit(model_cfg: ModelConfig):
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_cfg.name), quantization_config=quant,
+                                                 trust_remote_code=model_cfg.trust_remote_code, device_map={"": 0})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """bf16/fp16 autocast around forward passes (weights stay fp32), or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@contextlib.contextmanager
+def writing(what: str, keep_note: str):
+    """Turn a failed write (disk full, permissions) into a TrainingError that says what survived."""
+    try:
+        yield
+    except OSError as e:
+        raise TrainingError(f"could not write {what}: {e.strerror or e}; {keep_note}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters training changes (all of a full model, the adapters of LoRA), ready for safetensors."""
+    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "trainable.safetensors"))
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise TrainingError(f"{folder}: checkpoint does not match this model (unexpected "
+                            f"{result.unexpected_keys[:3]}); was training.method or model.name changed?")
+
+
+def latest_checkpoint(paths: RunPaths) -> Path | None:
+    """The last complete checkpoint: the `latest` pointer is written only after its folder is whole."""
+    pointer = paths.checkpoints / LATEST
+    if not pointer.is_file():
+        return None
+    folder = paths.checkpoints / pointer.read_text(encoding="utf-8").strip()
+    return folder if (folder / "trainer_state.json").is_file() else None
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state().tolist()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = [kind, keys.tolist(), pos, has_gauss, gauss]
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def save_checkpoint(paths: RunPaths, step: int, model, optimizer, state: dict, rng_states: list[dict],
+                    keep: int) -> Path:
+    """Write `checkpoints/step-N/` whole, then point `latest` at it, then drop checkpoints beyond `keep`.
+
+    Raises:
+        TrainingError: the disk is full or not writable; the previous checkpoint is untouched.
+    """
+    from safetensors.torch import save_file
+
+    previous = latest_checkpoint(paths)
+    keep_note = f"the previous checkpoint {previous} is intact" if previous else "no checkpoint was written"
+    folder = paths.checkpoints / f"step-{step}"
+    with writing(f"checkpoint {folder}", keep_note):
+        with atomic_dir(folder) as tmp:
+            save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+            buffer = io.BytesIO()
+            torch.save(optimizer.state_dict(), buffer)
+            atomic_write_bytes(tmp / "optimizer.pt", buffer.getvalue())
+            atomic_write_json(tmp / "trainer_state.json", {**state, "rng": rng_states})
+            if paths.metrics.is_file():
+                shutil.copyfile(paths.metrics, tmp / "metrics.jsonl")
+        atomic_write_text(paths.checkpoints / LATEST, folder.name)
+    periodic = sorted((p for p in paths.checkpoints.glob("step-*") if p.is_dir()),
+                      key=lambda p: int(p.name.split("-")[1]))
+    for old in periodic[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# progress: metrics, plot, evaluation
+
+
+def write_loss_plot(paths: RunPaths, metrics: list[dict]) -> None:
+    """`loss.png`: train loss per logged step and test loss per evaluation, replaced atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train_points = [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]
+    test_points = [(m["step"], m["test_loss"]) for m in metrics if m.get("test_loss") is not None]
+    if train_points:
+        ax.plot(*zip(*train_points), label="train loss", linewidth=1)
+    if test_points:
+        ax.plot(*zip(*test_points), "o-", label="test loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean per answer token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(paths.loss_plot, buffer.getvalue())
+
+
+@torch.no_grad()
+def evaluate_loss(loss_model, examples: list[dict], training: TrainingConfig, max_row_tokens: int, pad_token_id: int,
+              precision: str, accelerator) -> float | None:
+    """Mean loss per loss-bearing token over the test split (each process takes every world_size-th example)."""
+    loss_model.eval()
+    mine = examples[accelerator.process_index::accelerator.num_processes]
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for start in range(0, len(mine), training.batch_size):
+        batch = make_batch(mine[start:start + training.batch_size], training.packing, max_row_tokens, pad_token_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with autocast_for(precision, accelerator.device):
+            total[0] += loss_model(**batch).double()
+        total[1] += (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    loss_model.train()
+    total = accelerator.reduce(total, reduction="sum")
+    return (total[0] / total[1]).item() if total[1] > 0 else None
+
+
+def count_loss_tokens(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def run_info(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, manifest: dict) -> dict:
+    """What `tunesmith.json` records: base model, method and the template exactly as training rendered it."""
+    from tunesmith.config import load_config
+    from tunesmith.templates import jinja_source
+
+    template = load_config(paths.config).template if paths.config.is_file() else TemplateConfig()
+    resolved = {"name": manifest.get("template", template.name)}
+    if template.name == "jinja":
+        resolved["jinja"] = jinja_source(template)[1]
+    template = template.model_copy(update=resolved)
+    return {"base_model": model_cfg.name, "base_model_path": resolve_model_path(model_cfg.name),
+            "model": model_cfg.model_dump(mode="json"), "method": training.method,
+            "template": template.model_dump(mode="json"), "max_length": manifest.get("max_length"),
+            "train_on": manifest.get("train_on")}
+
+
+def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, resume: bool = False) -> TrainResult:
+    """Train on the run's prepared data and save the model to `paths.model` (and `paths.merged_model`).
+
+    Raises:
+        RunError: the run has no prepared data.
+        TrainingError: non-finite loss (naming the step), a failed write, nothing to resume, QLoRA without a GPU.
+        ModelError: the model cannot be loaded.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from tunesmith.prepare import load_prepared
+
+    # --- setup: processes, threads, precision, seed
+    accelerator = Accelerator()
+    is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    device = accelerator.device
+    if training.num_threads:
+        torch.set_num_threads(training.num_threads)
+    precision = resolve_precision(training.precision, device)
+    random.seed(training.seed)
+    np.random.seed(training.seed)
+    torch.manual_seed(training.seed)
+
+    # --- data: the prepared splits, a fixed number of steps
+    train_set, test_set, manifest = load_prepared(paths)
+    train_examples = [{"input_ids": i, "labels": l} for i, l in zip(train_set["input_ids"], train_set["labels"])]
+    test_examples = [{"input_ids": i, "labels": l} for i, l in zip(test_set["input_ids"], test_set["labels"])]
+    if len(train_examples) < world:
+        raise TrainingError(f"{len(train_examples)} training examples cannot feed {world} processes")
+    per_step = training.batch_size * training.gradient_accumulation_steps * world
+    epoch_steps = steps_per_epoch(len(train_examples), per_step, world)
+    total_steps = training.max_steps or max(1, math.ceil(training.epochs * epoch_steps))
+    warmup = warmup_steps(training, total_steps)
+    peak_lr = learning_rate(training)
+    max_row_tokens = max(manifest.get("max_length") or 0, max(len(e["input_ids"]) for e in train_examples))
+
+    # --- model and optimizer: full and LoRA differ only in build_model
+    tokenizer = load_tokenizer(model_cfg)
+    model = build_model(model_cfg, training).to(device)
+    optimizer = build_optimizer(model, training, peak_lr)
+
+    # --- resume, or start clean
+    state = {"step": 0, "tokens_seen": 0, "loss_tokens": 0, "elapsed_s": 0.0, "best_test_loss": None,
+             "best_step": None, "evals_without_improvement": 0, "world_size": world}
+    if resume:
+        checkpoint = latest_checkpoint(paths)
+        if checkpoint is None:
+            raise TrainingError(f"--resume: no complete checkpoint in {paths.checkpoints}; train without --resume "
+                                f"(set training.save_every_steps to get checkpoints)")
+        load_trainable_state(model, checkpoint)
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True))
+        saved = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        rng_states = saved.pop("rng")
+        state.update(saved)
+        if world != state["world_size"]:
+            raise TrainingError(f"{checkpoint}: saved with {state['world_size']} processes; resume with the same "
+                                f"--nproc so the data order continues exactly")
+        set_rng_state(rng_states[rank])
+        if is_main:
+            with writing(f"metrics {paths.metrics}", "the checkpoint is intact"):
+                atomic_write_text(paths.metrics, (checkpoint / "metrics.jsonl").read_text(encoding="utf-8")
+                                  if (checkpoint / "metrics.jsonl").is_file() else "")
+    elif is_main:
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+        paths.metrics.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    loss_model, optimizer = accelerator.prepare(CausalLMLoss(model), optimizer)
+    loss_model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # fp16 (GPUs without bf16) needs loss scaling against underflow; for bf16/fp32 the scaler is a no-op.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def checkpoint_note() -> str:
+        last = latest_checkpoint(paths)
+        return f"last good checkpoint: {last}" if last else "no checkpoint was written"
+
+    def evaluate(step: int) -> float | None:
+        """Test loss now; an improvement mid-run saves `checkpoints/best` so the best weights survive."""
+        loss = evaluate_loss(loss_model, test_examples, training, max_row_tokens, tokenizer.pad_token_id, precision,
+                         accelerator)
+        if loss is None:
+            return None
+        if state["best_test_loss"] is None or loss < state["best_test_loss"]:
+            state.update(best_test_loss=loss, best_step=step, evals_without_improvement=0)
+            if is_main and step not in final_steps:
+                from safetensors.torch import save_file
+
+                with writing(f"best checkpoint in {paths.checkpoints}", checkpoint_note()):
+                    with atomic_dir(paths.checkpoints / "best") as tmp:
+                        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+                        atomic_write_json(tmp / "best.json", {"step": step, "test_loss": loss})
+        else:
+            state["evals_without_improvement"] += 1
+        return loss
+
+    # --- the loop
+    final_steps = {total_steps}  # at the last step the model in memory is the one to keep; no copy needed
+    metrics = read_jsonl(paths.metrics)
+    progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=not is_main,
+                    dynamic_ncols=True)
+    started, window_tokens, window_start = time.perf_counter() - state["elapsed_s"], 0, time.perf_counter()
+    train_loss, last_test_loss, stopped_early = None, None, False
+    for step in range(state["step"], total_steps):
+        lr = lr_at(step, peak_lr, total_steps, warmup, training.lr_scheduler)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batches = [make_batch([train_examples[i] for i in part], training.packing, max_row_tokens,
+                              tokenizer.pad_token_id) for part in step_examples(step, len(train_examples),
+                                                                                  training, rank, world)]
+        counts = torch.tensor([sum(count_loss_tokens(b) for b in batches),
+                               sum(int((b["input_ids"] != tokenizer.pad_token_id).sum()) for b in batches)],
+                              dtype=torch.float64, device=device)
+        loss_tokens, real_tokens = accelerator.reduce(counts, reduction="sum").tolist()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for i, batch in enumerate(batches):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            # DDP averages gradients over processes; scaling by world_size turns that into the global token mean.
+            sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(loss_model)
+            with sync:
+                with autocast_for(precision, device):
+                    summed = loss_model(**batch)
+                accelerator.backward(scaler.scale(summed * world / max(loss_tokens, 1)))
+            loss_sum += summed.detach().double()
+        train_loss = accelerator.reduce(loss_sum, reduction="sum").item() / max(loss_tokens, 1)
+        if not math.isfinite(train_loss):
+            progress.close()
+            raise TrainingError(f"loss became {train_loss} at step {step + 1}; stopped before updating the weights "
+                                f"({checkpoint_note()}); lower training.learning_rate or use precision=fp32")
+        scaler.unscale_(optimizer)
+        if training.max_grad_norm:
+            grad_norm = float(accelerator.clip_grad_norm_(trainable, training.max_grad_norm))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(p.grad) for p in trainable if p.grad is not None])))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        state.update(step=done, tokens_seen=state["tokens_seen"] + int(real_tokens),
+                     loss_tokens=state["loss_tokens"] + int(loss_tokens))
+        window_tokens += int(real_tokens)
+        test_now = None
+        if training.eval_every_steps and done % training.eval_every_steps == 0 and done < total_steps:
+            test_now = last_test_loss = evaluate(done)
+        if done % training.log_every_steps == 0 or test_now is not None or done == total_steps:
+            now = time.perf_counter()
+            line = {"step": done, "epoch": round(done / epoch_steps, 4), "loss": train_loss, "lr": lr,
+                    "grad_norm": grad_norm, "tokens_seen": state["tokens_seen"], "loss_tokens": state["loss_tokens"],
+                    "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1)}
+            if test_now is not None:
+                line["test_loss"] = test_now
+            metrics.append(line)
+            window_tokens, window_start = 0, now
+            if is_main:
+                with writing(f"metrics {paths.metrics}", checkpoint_note()):
+                    append_jsonl(paths.metrics, line)
+                    if test_now is not None:
+                        write_loss_plot(paths, metrics)
+        progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}",
+                             tok_s=f"{state['tokens_seen'] / max(time.perf_counter() - started, 1e-9):.0f}")
+        progress.update(1)
+        patience = training.early_stopping_patience
+        if test_now is not None and patience and state["evals_without_improvement"] >= patience:
+            stopped_early = True
+        if training.save_every_steps and (done % training.save_every_steps == 0 or stopped_early):
+            state["elapsed_s"] = time.perf_counter() - started
+            rng_states = [rng_state()] if world == 1 else _gather_objects(rng_state(), accelerator)
+            if is_main:
+                save_checkpoint(paths, done, model, optimizer, state, rng_states, training.keep_checkpoints)
+            accelerator.wait_for_everyone()
+        if stopped_early:
+            break
+    progress.close()
+
+    # --- final evaluation, best weights, artifacts
+    final_step = state["step"]
+    final_steps.add(final_step)
+    if not (metrics and metrics[-1]["step"] == final_step and "test_loss" in metrics[-1]):
+        last_test_loss = evaluate(final_step) if test_examples else None
+        if last_test_loss is not None:
+            metrics.append({"step": final_step, "epoch": round(final_step / epoch_steps, 4),
+                            "test_loss": last_test_loss})
+            if is_main:
+                with writing(f"metrics {paths.metrics}", checkpoint_note()):
+                    append_jsonl(paths.metrics, metrics[-1])
+    model_step = final_step
+    best_file = paths.checkpoints / "best" / "best.json"
+    if state["best_step"] not in (None, final_step) and best_file.is_file() and \
+            json.loads(best_file.read_text(encoding="utf-8"))["step"] == state["best_step"]:
+        load_trainable_state(model, best_file.parent)
+        model_step = state["best_step"]
+    elapsed = time.perf_counter() - started
+    summary = {
+        "method": training.method, "precision": precision, "processes": world, "steps": final_step,
+        "total_steps": total_steps, "epochs": round(final_step / epoch_steps, 4), "stopped_early": stopped_early,
+        "model_step": model_step, "time_s": round(elapsed, 2), "tokens_seen": state["tokens_seen"],
+        "loss_tokens": state["loss_tokens"], "tokens_per_s": round(state["tokens_seen"] / max(elapsed, 1e-9), 1),
+        "final_train_loss": train_loss, "final_test_loss": last_test_loss,
+        "best_test_loss": state["best_test_loss"], "best_step": state["best_step"],
+        "learning_rate": peak_lr, "packing": training.packing,
+    }
+    merged_dir = None
+    if is_main:
+        with writing(f"the model to {paths.model}", checkpoint_note()):
+            write_loss_plot(paths, metrics)
+            merged_dir = save_model(paths, model, tokenizer, run_info(paths, model_cfg, training, manifest),
+                                    merge=training.merge_lora and training.method != "full")
+            atomic_write_json(paths.train_summary, summary)
+    accelerator.wait_for_everyone()
+    return TrainResult(paths.model, merged_dir, final_step, train_loss, last_test_loss, state["best_test_loss"],
+                       summary)
+
+
+def _gather_objects(obj, accelerator) -> list:
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
+def save_model(paths: RunPaths, model, tokenizer, info: dict, merge: bool) -> Path | None:
+    """The final model as a plain HF folder (full weights, or the LoRA adapter) with tokenizer and tunesmith.json.
+
+    With `merge`, the adapter is also folded into the base weights and saved to `paths.merged_model`.
+    """
+    with atomic_dir(paths.model) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / RUN_INFO_FILE, info)
+    if not merge:
+        return None
+    merged = model.merge_and_unload()
+    with atomic_dir(paths.merged_model) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / RUN_INFO_FILE, {**info, "method": "full", "merged_from": info["method"]})
+    return paths.merged_model
