@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tunesmith.config import FromDocsConfig, SelfInstructConfig, TeacherConfig
     from tunesmith.datagen import DatagenSummary
+    from tunesmith.prepare import PrepareResult
 
 
 def show_config(config_path: str | None = None, overrides: list[str] | None = None) -> str:
@@ -23,6 +24,19 @@ def show_config(config_path: str | None = None, overrides: list[str] | None = No
     from tunesmith.config import config_to_yaml, load_config
 
     return config_to_yaml(load_config(config_path, overrides))
+
+
+def prepare_data(config_path: str | None = None, overrides: list[str] | None = None) -> PrepareResult:
+    """Tokenize the configured data into the run folder's train/test splits (reused when inputs are unchanged).
+
+    Raises:
+        ConfigError: the config is invalid or has no data path.
+        DataError: the data is invalid (every problem listed).
+    """
+    from tunesmith.config import load_config
+    from tunesmith.prepare import prepare
+
+    return prepare(load_config(config_path, overrides))
 
 
 def evaluate_run(target: str, model: str | None = None, data: str | None = None, limit: int | None = None,
