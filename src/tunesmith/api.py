@@ -6,10 +6,13 @@ Each function resolves the config once and hands each stage only its own section
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tunesmith.config import ServeConfig
+    from tunesmith.generate import GenerationOptions
     from tunesmith.config import FromDocsConfig, SelfInstructConfig, TeacherConfig
     from tunesmith.datagen import DatagenSummary
     from tunesmith.prepare import PrepareResult
@@ -114,3 +117,93 @@ def _teacher(config: TeacherConfig):
         yield teacher
     finally:
         teacher.close()
+
+
+def generate_answers(target: str, prompts: list[str] | None = None, input_path: str | None = None,
+                     output_path: str | None = None, options: GenerationOptions | None = None,
+                     which: str = "finetuned", batch_size: int = 8, progress: bool = True) -> list[dict]:
+    """Answer prompts (given as text, or as a JSONL file) with a run's model and its template, batched.
+
+    Each result row is the input row plus `output`, `finish_reason`, `prompt_tokens`, `completion_tokens`;
+    with `output_path` they are also written there as JSONL (atomically).
+
+    Raises:
+        DataError: a bad prompts file; RunError/ModelError: the run or model cannot be loaded.
+    """
+    from tunesmith.generate import GenerationOptions, as_prompt_record, load_for_inference, read_prompts
+    from tunesmith.runs import atomic_write_text
+
+    rows = [({"prompt": p}, as_prompt_record(p)) for p in prompts or []]
+    if input_path is not None:
+        rows += read_prompts(input_path)
+    generator = load_for_inference(target, which=which)
+    rendered = [generator.render(record) for _, record in rows]
+    generations = generator.generate(rendered, options or GenerationOptions(), batch_size=batch_size,
+                                     progress=progress and len(rows) > batch_size)
+    results = [{**row, "output": g.text, "finish_reason": g.finish_reason, "prompt_tokens": g.num_prompt_tokens,
+                "completion_tokens": g.num_tokens} for (row, _), g in zip(rows, generations)]
+    if output_path is not None:
+        atomic_write_text(output_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
+    return results
+
+
+def chat(target: str, options: GenerationOptions | None = None, system: str | None = None, which: str = "finetuned",
+         read=input, write=None) -> None:
+    """An interactive chat in the terminal: answers stream as they are produced; /reset, /system TEXT, /exit.
+
+    Raises:
+        RunError/ModelError: the run or model cannot be loaded.
+    """
+    import sys
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.generate import ChatSession, GenerationOptions, load_for_inference
+
+    write = write or sys.stdout.write
+    generator = load_for_inference(target, which=which)
+    session = ChatSession(generator, options or GenerationOptions(max_new_tokens=256), system)
+    write(f"chatting with {generator.name} (template {generator.template.name}); "
+          f"/reset starts over, /system TEXT sets the system prompt, /exit quits\n")
+    while True:
+        try:
+            line = read(">>> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            write("\n")
+            return
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            session.reset()
+            write("(conversation cleared)\n")
+            continue
+        if line == "/system" or line.startswith("/system "):
+            session.system = line[len("/system"):].strip() or None
+            session.reset()
+            write(f"(system prompt {'set' if session.system else 'cleared'}; conversation cleared)\n")
+            continue
+        try:
+            for piece in session.ask(line):
+                write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            write(" [stopped]")
+        except TunesmithError as e:
+            write(f"error: {e}")
+        write("\n")
+
+
+def serve(target: str, limits: ServeConfig | None = None, api_key: str | None = None,
+          which: str = "finetuned") -> None:
+    """Serve a run's model over an OpenAI-compatible HTTP API until interrupted.
+
+    Raises:
+        RunError/ModelError: the run or model cannot be loaded.
+    """
+    from tunesmith.config import ServeConfig
+    from tunesmith.generate import load_for_inference
+    from tunesmith.serve import run_server
+
+    limits = limits or ServeConfig()
+    run_server(load_for_inference(target, which=which), limits.host, limits.port, api_key=api_key, limits=limits)

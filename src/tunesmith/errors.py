@@ -70,3 +70,7 @@ class RunError(TunesmithError):
 
 class TrainingError(TunesmithError):
     """Training cannot go on (non-finite loss, no data left, disk full...)."""
+
+
+class GenerationError(TunesmithError):
+    """A prompt cannot be answered as asked (too long for the context, bad generation options)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 from tunesmith.config import ModelConfig, TemplateConfig
 from tunesmith.data.records import Message, Record
-from tunesmith.errors import ModelError, RunError
+from tunesmith.errors import DataError, DataProblem, GenerationError, ModelError, RunError
 
 if TYPE_CHECKING:
     import torch
@@ -449,3 +449,123 @@ def load_for_inference(run_or_model: str, which: Literal["finetuned", "base"] = 
                      name=name if which == "finetuned" else f"{name}:base",
                      base_model=info["base_model"] if info else run_or_model,
                      method=(info or {}).get("method"), source=str(run_or_model))
+
+
+class ChatSession:
+    """A conversation with a model, kept inside its context window by dropping the oldest turns first.
+
+    `/system` text goes in front of every prompt (the run's configured system prompt applies when none is set).
+    """
+
+    def __init__(self, generator: Generator, options: GenerationOptions, system: str | None = None):
+        self.generator, self.options, self.system = generator, options, system
+        self.messages: list[Message] = []
+
+    def reset(self) -> None:
+        self.messages = []
+
+    def conversation(self) -> list[Message]:
+        head = [Message("system", self.system)] if self.system else []
+        return head + self.messages
+
+    def fit(self) -> tuple[str, int]:
+        """The prompt for the conversation so far and how many old messages had to go to leave room to answer.
+
+        Raises:
+            GenerationError: the latest message alone does not fit.
+        """
+        budget = self.generator.context_length - self.options.max_new_tokens
+        dropped = 0
+        while True:
+            prompt = self.generator.render(self.conversation())
+            if self.generator.count_tokens(prompt) <= budget:
+                return prompt, dropped
+            if len(self.messages) <= 1:
+                self.messages = []
+                raise GenerationError(f"that message is too long: with room for a {self.options.max_new_tokens}-token "
+                                      f"answer it does not fit this model's {self.generator.context_length}-token "
+                                      f"context")
+            # drop the oldest exchange: a user turn and the answer that follows it
+            cut = 2 if len(self.messages) > 2 and self.messages[1].role == "assistant" else 1
+            self.messages = self.messages[cut:]
+            dropped += cut
+
+    def ask(self, text: str) -> Iterator[str]:
+        """Stream the answer to `text`; the answer (even a cut-short one) joins the conversation."""
+        self.messages.append(Message("user", text))
+        prompt, _ = self.fit()
+        pieces: list[str] = []
+        try:
+            with self.generator.stream(prompt, self.options) as stream:
+                for piece in stream:
+                    pieces.append(piece)
+                    yield piece
+        finally:
+            self.messages.append(Message("assistant", "".join(pieces)))
+
+
+PROMPT_KEYS = ("prompt", "instruction", "question")
+"""Keys a prompts file may use for the question; `input` and `system` are read alongside, or `messages`."""
+
+
+def prompt_record(row: object, file: str, line: int) -> Record:
+    """One line of a prompts file as a record still to be answered.
+
+    >>> prompt_record({"instruction": "Add", "input": "2+2"}, "p.jsonl", 1).input
+    '2+2'
+
+    Raises:
+        DataError: the line is not an object with a prompt or a conversation ending with a user message.
+    """
+    if not isinstance(row, dict):
+        raise DataError("expected a JSON object", file=file, line=line)
+    if "messages" in row:
+        messages = row["messages"]
+        ok = isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content"), str) for m in messages)
+        if not ok or messages[-1]["role"] != "user":
+            raise DataError("expected a list of {role, content} messages ending with a user message",
+                            file=file, line=line, field="messages")
+        return Record(file, line, "messages",
+                      messages=tuple(Message(m["role"], m["content"]) for m in messages) + (Message("assistant", ""),))
+    key = next((k for k in PROMPT_KEYS if k in row), None)
+    if key is None or not isinstance(row[key], str):
+        raise DataError(f"expected a text field {' or '.join(PROMPT_KEYS)} (or messages)", file=file, line=line,
+                        field=key)
+    for extra in ("input", "system"):
+        if row.get(extra) is not None and not isinstance(row[extra], str):
+            raise DataError("expected text", file=file, line=line, field=extra)
+    return Record(file, line, key, prompt=row[key], input=row.get("input") or "", system=row.get("system"))
+
+
+def read_prompts(path: str | Path) -> list[tuple[dict, Record]]:
+    """Every line of a JSONL prompts file: the row as written and the record to answer.
+
+    Raises:
+        DataError: listing every bad line (file, line, field).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", file=str(path))
+    rows, problems = [], []
+    with open(path, encoding="utf-8-sig", errors="strict") as f:
+        try:
+            lines = f.read().splitlines()
+        except UnicodeDecodeError as e:
+            raise DataError(f"not UTF-8 text ({e})", file=str(path)) from None
+    for number, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+            rows.append((row, prompt_record(row, str(path), number)))
+        except json.JSONDecodeError as e:
+            problems.append(DataProblem(str(path), number, None, f"not valid JSON: {e.msg}"))
+        except DataError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise DataError(problems)
+    if not rows:
+        raise DataError("no prompts in the file", file=str(path))
+    return rows
