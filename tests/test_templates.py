@@ -45,6 +45,11 @@ class TestAlpaca:
         assert "".join(s.text for s in render_segments(record, TemplateConfig(name="alpaca"), tokenizer)) \
             == STANFORD_NO_INPUT + "Red.<|im_end|>"
 
+    def test_a_records_system_text_goes_first(self, tokenizer):
+        record = pair(prompt="Name a primary colour.", response="Red.", system="Answer in one word.")
+        assert render_prompt(record, TemplateConfig(name="alpaca"), tokenizer) == \
+            "Answer in one word.\n\n" + STANFORD_NO_INPUT
+
     def test_single_turn_chat_record_uses_pair_template(self, tokenizer):
         record = conversation(("user", "Name a primary colour."), ("assistant", "Red."))
         assert render_prompt(record, TemplateConfig(name="alpaca"), tokenizer) == STANFORD_NO_INPUT

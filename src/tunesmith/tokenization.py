@@ -24,7 +24,8 @@ from tunesmith.data import Record
 from tunesmith.templates import render_prompt, render_segments
 
 __all__ = ["IGNORE_INDEX", "MaskingStrategy", "TokenizedRecord", "build_example", "encode_prompt",
-           "encode_record", "measure_lengths", "pad_collate", "resolve_max_length", "tokenize_records"]
+           "encode_record", "measure_lengths", "pad_collate", "resolve_max_length", "special_prefix",
+           "tokenize_records"]
 
 IGNORE_INDEX = -100
 """Label of a position that carries no loss (prompt, padding); the value torch's cross-entropy skips."""
