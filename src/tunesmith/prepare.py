@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tunesmith.config import Config, config_hash
 from tunesmith.data import LoadedData, Record, load_records, prompt_key, record_to_dict
-from tunesmith.errors import ConfigError, RunError
+from tunesmith.errors import ConfigError, DataError, RunError
 from tunesmith.runs import RunPaths, create_run, file_sha256
 from tunesmith.templates import jinja_source
 
@@ -64,14 +64,15 @@ class PrepareResult:
 def preparation_hash(config: Config) -> str:
     """Hash of every setting that changes the prepared data (data content is hashed separately).
 
-    The data paths are left out (the files' content hashes stand for them), a Jinja template file's text is in.
+    The data paths are left out (the files' content hashes stand for them), a Jinja template file's text is in,
+    and padding (applied per batch at training time) does not count.
     """
     parts = {
         "version": MANIFEST_VERSION,
         "model": config.model.model_dump(mode="json"),
         "data": config.data.model_dump(mode="json", exclude={"path", "test_path"}),
         "template": config.template.model_dump(mode="json"),
-        "tokenization": config.tokenization.model_dump(mode="json"),
+        "tokenization": config.tokenization.model_dump(mode="json", exclude={"padding_side"}),
         "split": config.split.model_dump(mode="json") if not config.data.test_path else None,
     }
     if config.template.name == "jinja":
@@ -169,6 +170,8 @@ def prepare(config: Config) -> PrepareResult:
 
     loaded = load_records(config.data.path, config.data)
     train, test = _split(config, loaded)
+    if not train:
+        raise DataError("no valid records to train on", file=config.data.path)
     tokenizer = load_tokenizer(config.model)
     template = resolve_template_name(config.template, tokenizer)
     tokenized = tokenize_records(train + test, tokenizer, config.template)
