@@ -11,6 +11,8 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tunesmith.config import ServeConfig
     from tunesmith.generate import GenerationOptions
     from tunesmith.config import FromDocsConfig, SelfInstructConfig, TeacherConfig
@@ -207,3 +209,35 @@ def serve(target: str, limits: ServeConfig | None = None, api_key: str | None = 
 
     limits = limits or ServeConfig()
     run_server(load_for_inference(target, which=which), limits.host, limits.port, api_key=api_key, limits=limits)
+
+
+def build_report(run: str, out: str | None = None) -> Path:
+    """Write the run's self-contained HTML report (`<run>/report.html` unless `out`); returns its path.
+
+    Raises:
+        RunError: `run` is not a run folder.
+    """
+    from tunesmith import report
+    from tunesmith.runs import open_run
+
+    paths, _ = open_run(run)
+    return report.build_report(paths, out)
+
+
+def list_runs(runs_dir: str = "runs") -> tuple[list[str], list[list[str]]]:
+    """(header, rows) describing every run under runs_dir: data, model, method, settings, time, loss, metrics."""
+    from tunesmith import report
+
+    return report.run_table(report.find_runs(runs_dir))
+
+
+def compare_runs(runs: list[str]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) comparing the given run folders side by side.
+
+    Raises:
+        RunError: one of them is not a run folder.
+    """
+    from tunesmith import report
+    from tunesmith.runs import open_run
+
+    return report.run_table([open_run(run)[0] for run in runs])

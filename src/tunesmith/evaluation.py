@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -471,3 +472,273 @@ def score_choices(model, tokenizer, items: Sequence[ChoiceItem], samples: int = 
                        "acc_norm": float(pick_norm == item.answer)})
     summary = summarize_metrics([{"acc": s["acc"], "acc_norm": s["acc_norm"]} for s in scored], samples, seed)
     return {"n": len(scored), **summary, "items": scored}
+
+
+# ---------------------------------------------------------------- evaluating a run or a model
+
+@dataclass
+class EvalSet:
+    """What a model is evaluated on: records to answer (with their references) and encoded loss examples."""
+
+    records: list  # list[Record]: rendered with the model's template, answered, compared with `reference_of`
+    examples: list[dict]  # {"input_ids", "labels"} as training saw them
+    source: str
+
+
+def reference_of(record) -> str:
+    """The answer a record expects: its response, or a conversation's last assistant message.
+
+    Record(prompt="2+2?", response="4") -> "4"
+    """
+    if record.kind == "chat":
+        return record.messages[-1].content if record.messages[-1].role == "assistant" else ""
+    return record.response
+
+
+def eval_set_from_run(paths, limit: int | None = None) -> EvalSet:
+    """The run's prepared test split: records from `test_records.jsonl`, loss examples from `prepared/test`.
+
+    Raises:
+        RunError: the run has no prepared test split.
+    """
+    from tunesmith.data import record_from_dict
+    from tunesmith.errors import RunError
+    from tunesmith.prepare import load_prepared
+    from tunesmith.runs import read_jsonl
+
+    records_file = paths.prepared / "test_records.jsonl"
+    if not records_file.is_file():
+        raise RunError(f"{paths.root}: no prepared test split ({records_file} is missing); run `tunesmith "
+                       f"prepare` or give a data file with --data")
+    _, test, _ = load_prepared(paths)
+    records = [record_from_dict(row) for row in read_jsonl(records_file)]
+    examples = [test[i] for i in range(min(len(test), limit or len(test)))]
+    return EvalSet(records[:limit] if limit else records, examples, str(records_file))
+
+
+def eval_set_from_file(path, data_config, tokenizer, template, tokenization, max_length: int,
+                       limit: int | None = None) -> EvalSet:
+    """Any data file the data layer reads, encoded with the model's template exactly as training would.
+
+    Raises:
+        DataError: the file cannot be read (see `tunesmith.data.load_records`).
+    """
+    from tunesmith.data import load_records
+    from tunesmith.tokenization import build_example, tokenize_records
+
+    records = load_records(path, data_config).records
+    records = records[:limit] if limit else records
+    examples = [build_example(t, tokenization, max_length) for t in tokenize_records(records, tokenizer, template)]
+    return EvalSet(records, [e for e in examples if e is not None], str(path))
+
+
+def evaluate_generations(generator, records: Sequence, options, batch_size: int = 8,
+                         progress: bool = True) -> tuple[list[str], list]:
+    """Rendered prompts and the model's answers for every record that has a prompt (text records have none)."""
+    prompts = [generator.render(r) for r in records]
+    return prompts, generator.generate(prompts, options, batch_size=batch_size, progress=progress)
+
+
+def score_generations(generations: Sequence, references: Sequence[str]) -> list[dict]:
+    """Per-example metrics and error flags of answers against their references."""
+    return [{"metrics": example_metrics(g.text, ref), "errors": error_flags(g.text, g.finish_reason)}
+            for g, ref in zip(generations, references)]
+
+
+def model_summary(loss: dict, scored: Sequence[dict], generations: Sequence, references: Sequence[str],
+                  samples: int, seed: int) -> dict:
+    """One model's line in metrics.json: loss, perplexity, metric means with intervals, corpus scores, errors."""
+    return {
+        "n": len(scored),
+        "loss": loss["loss"], "perplexity": loss["perplexity"], "loss_tokens": loss["tokens"],
+        "metrics": summarize_metrics([s["metrics"] for s in scored], samples, seed),
+        "corpus": corpus_scores([g.text for g in generations], references) if scored else {},
+        "errors": error_shares([s["errors"] for s in scored]),
+        "mean_new_tokens": sum(g.num_tokens for g in generations) / len(generations) if generations else 0.0,
+    }
+
+
+def evaluate_models(target: str, labels: Sequence[str], eval_set_for, eval_config, precision: str = "auto",
+                    progress: bool = True) -> tuple[dict, list[dict]]:
+    """Evaluate each model in turn (one in memory at a time): loss, generations, metrics.
+
+    `labels` are "base"/"finetuned" (a run) or "model" (a plain model); `eval_set_for(generator)` builds the
+    evaluation set from the first model's tokenizer and template. Returns (metrics.json content,
+    predictions rows).
+    """
+    import gc
+
+    from tunesmith.generate import GenerationOptions, load_for_inference
+
+    options = GenerationOptions(max_new_tokens=eval_config.max_new_tokens, do_sample=eval_config.do_sample,
+                                temperature=eval_config.temperature, top_p=eval_config.top_p, seed=eval_config.seed)
+    eval_set, rows, models = None, [], {}
+    for label in labels:
+        generator = load_for_inference(target, "base" if label == "base" else "finetuned", precision=precision)
+        if eval_set is None:
+            eval_set = eval_set_for(generator)
+            answerable = [r for r in eval_set.records if r.kind != "text"]
+            references = [reference_of(r) for r in answerable]
+            rows = [{"index": i, "where": r.where, "reference": ref}
+                    for i, (r, ref) in enumerate(zip(answerable, references))]
+        pad_id = generator.tokenizer.pad_token_id
+        loss = response_loss(generator.model, eval_set.examples, pad_id, eval_config.batch_size, progress=progress)
+        prompts, generations = evaluate_generations(generator, answerable, options, eval_config.batch_size, progress)
+        scored = score_generations(generations, references)
+        for row, prompt, generation, score in zip(rows, prompts, generations, scored):
+            row["prompt"] = prompt
+            row[label] = {"output": generation.text, "finish_reason": generation.finish_reason,
+                          "num_tokens": generation.num_tokens, **score}
+        models[label] = model_summary(loss, scored, generations, references, eval_config.bootstrap_samples,
+                                      eval_config.seed)
+        del generator
+        gc.collect()
+    metrics = {
+        "target": str(target), "source": eval_set.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n": len(rows), "n_loss": len(eval_set.examples),
+        "scale": "metrics are 0-100; error shares are fractions 0-1",
+        "normalization": "exact_match_normalized and token_f1 use SQuAD v1.1 normalization: lowercase, drop "
+                         "punctuation and the articles a/an/the, collapse whitespace",
+        "repetitive": f"more than {REPETITION_THRESHOLD:.0%} of the words lie in a word {REPETITION_NGRAM}-gram "
+                      f"that occurs at least twice",
+        "generation": {"max_new_tokens": options.max_new_tokens, "do_sample": options.do_sample,
+                       "temperature": options.temperature, "top_p": options.top_p},
+        "models": models,
+    }
+    return metrics, rows
+
+
+def merge_previous(out_dir, metrics: dict, rows: list[dict]) -> tuple[dict, list[dict]]:
+    """Keep the other model's results from an earlier eval of the same set (eval base, later finetuned)."""
+    import json
+    from pathlib import Path
+
+    from tunesmith.runs import read_jsonl
+
+    old_file = Path(out_dir) / "metrics.json"
+    if not old_file.is_file():
+        return metrics, rows
+    try:
+        old = json.loads(old_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return metrics, rows
+    if (old.get("source"), old.get("n"), old.get("generation")) != (metrics["source"], metrics["n"],
+                                                                    metrics["generation"]):
+        return metrics, rows
+    kept = {k: v for k, v in old.get("models", {}).items() if k not in metrics["models"]}
+    old_rows = read_jsonl(Path(out_dir) / "predictions.jsonl")
+    if len(old_rows) != len(rows):
+        return metrics, rows
+    for row, old_row in zip(rows, old_rows):
+        row.update({k: old_row[k] for k in kept if k in old_row})
+    return {**metrics, "models": {**kept, **metrics["models"]}}, rows
+
+
+def write_results(out_dir, metrics: dict, rows: Sequence[dict]) -> None:
+    """`metrics.json` and `predictions.jsonl`, each written atomically."""
+    import json
+    from pathlib import Path
+
+    from tunesmith.runs import atomic_write_json, atomic_write_text
+
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "predictions.jsonl",
+                      "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_json(out_dir / "metrics.json", metrics)
+
+
+def model_labels(which: str | None, is_trained: bool, compare_base: bool) -> list[str]:
+    """Which models to evaluate: a trained model's base and/or finetuned weights, or a plain model itself.
+
+    >>> model_labels(None, True, True), model_labels("base", True, True), model_labels(None, False, True)
+    (['base', 'finetuned'], ['base'], ['model'])
+
+    Raises:
+        RunError: base/finetuned asked of a plain model, or an unknown choice.
+    """
+    from tunesmith.errors import RunError
+
+    if which not in (None, "base", "finetuned", "both"):
+        raise RunError(f"--model {which!r}: choose base, finetuned or both")
+    if not is_trained:
+        if which is not None:
+            raise RunError(f"--model {which}: this is a plain model, not a run, so it has no base/finetuned pair; "
+                           f"leave --model out")
+        return ["model"]
+    which = which or ("both" if compare_base else "finetuned")
+    return ["base", "finetuned"] if which == "both" else [which]
+
+
+def evaluate(target: str, labels: Sequence[str], eval_config, *, paths=None, data: str | None = None,
+             data_config=None, tokenization=None, precision: str = "auto", out_dir=None,
+             progress: bool = True) -> dict:
+    """Test loss and generation metrics of each model on the run's test split or a data file.
+
+    With `out_dir`, writes `metrics.json` and `predictions.jsonl` there (keeping the other model's results
+    from an earlier eval of the same set). Returns the metrics.json content.
+
+    Raises:
+        RunError: nothing to evaluate on (a plain model without `data`, a run without a test split).
+        DataError: the data file is invalid.
+    """
+    from tunesmith.config import DataConfig, TokenizationConfig
+    from tunesmith.errors import RunError
+    from tunesmith.tokenization import resolve_max_length
+
+    if data is None and paths is None:
+        raise RunError(f"{target}: not a run folder, so there is no test split; give a data file with --data FILE")
+    if data is None and not (paths.prepared / "test_records.jsonl").is_file():
+        raise RunError(f"{paths.root}: no prepared test split; run `tunesmith prepare` or give --data FILE")
+
+    def eval_set_for(generator) -> EvalSet:
+        if data is None:
+            return eval_set_from_run(paths, eval_config.limit)
+        tokens = tokenization or TokenizationConfig()
+        manifest = _read_manifest(paths)
+        max_length = manifest.get("max_length") or resolve_max_length(tokens, [], generator.context_length)
+        return eval_set_from_file(data, data_config or DataConfig(), generator.tokenizer, generator.template,
+                                  tokens, int(max_length), eval_config.limit)
+
+    metrics, rows = evaluate_models(target, labels, eval_set_for, eval_config, precision, progress)
+    if out_dir is not None:
+        metrics, rows = merge_previous(out_dir, metrics, rows)
+        write_results(out_dir, metrics, rows)
+    return metrics
+
+
+def _read_manifest(paths) -> dict:
+    import json
+
+    if paths is None or not paths.manifest.is_file():
+        return {}
+    return json.loads(paths.manifest.read_text(encoding="utf-8"))
+
+
+def evaluate_choices(target: str, labels: Sequence[str], path: str, eval_config, *, precision: str = "auto",
+                     out_file=None, progress: bool = True) -> dict:
+    """acc and acc_norm of each model on a multiple-choice file, optionally saved as JSON.
+
+    Raises:
+        DataError: the file has records that are not multiple-choice questions.
+    """
+    import gc
+
+    from tunesmith.generate import load_for_inference
+    from tunesmith.runs import atomic_write_json
+
+    items = load_choice_items(path, eval_config.limit)
+    models = {}
+    for label in labels:
+        generator = load_for_inference(target, "base" if label == "base" else "finetuned", precision=precision)
+        models[label] = score_choices(generator.model, generator.tokenizer, items, eval_config.bootstrap_samples,
+                                      eval_config.seed, progress)
+        del generator
+        gc.collect()
+    result = {"target": str(target), "source": str(path), "n": len(items),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "method": "lm-evaluation-harness multiple_choice: context 'Question: {q}\\nAnswer:', continuation "
+                        "' ' + choice; acc = argmax summed log-likelihood, acc_norm = argmax log-likelihood per "
+                        "character of the choice",
+              "models": models}
+    if out_file is not None:
+        atomic_write_json(out_file, result)
+    return result

@@ -35,6 +35,10 @@ METRIC_LABELS = {
 }
 """Generation metrics in table order, with the names people know them by."""
 
+METRIC_SHORT = {"exact_match": "EM", "exact_match_normalized": "EM_norm", "token_f1": "F1", "rouge_l": "ROUGE-L",
+                "bleu": "BLEU", "chrf": "chrF"}
+"""Column names for terminal tables."""
+
 MODEL_ORDER = ("base", "finetuned", "model")
 WORST_SHOWN = 20
 NOT_COMPUTED = '<p class="missing">not computed</p>'
@@ -441,8 +445,8 @@ def run_row(paths: RunPaths) -> dict:
         "test_loss": tuned.get("loss", summary.get("final_test_loss")),
         "base_loss": (models.get("base") or {}).get("loss"),
     }
-    for name in METRIC_LABELS:
-        row[name] = (tuned.get("metrics") or {}).get(name, {}).get("mean")
+    for name, short in METRIC_SHORT.items():
+        row[short] = (tuned.get("metrics") or {}).get(name, {}).get("mean")
     return row
 
 
