@@ -58,6 +58,8 @@ class TrainResult:
     final_test_loss: float | None
     best_test_loss: float | None
     summary: dict = field(default_factory=dict)
+    model: object = field(default=None, repr=False, compare=False)
+    """The trained model in memory (merged when `merge_lora`), so callers can use it without reloading."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,7 +165,7 @@ class CausalLMLoss(torch.nn.Module):
     def causal_lm(self) -> torch.nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids, labels, position_ids, attention_mask=None) -> torch.Tensor:
+    def forward(self, input_ids, labels, position_ids=None, attention_mask=None) -> torch.Tensor:
         lm = self.causal_lm()
         # No KV cache: with one, transformers would not build the per-example mask of packed rows.
         hidden = lm.base_model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
@@ -375,6 +377,34 @@ def count_loss_tokens(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
+def accumulate_gradients(loss_model, batches: list[dict], accelerator, precision: str, real_tokens: int = 0,
+                         scale=lambda loss: loss) -> tuple[float, int, int]:
+    """Backward over one optimizer step's micro-batches; returns (summed loss, loss tokens, real tokens), global.
+
+    `real_tokens` is this process's count of non-padding tokens, only summed over processes for reporting.
+
+    Each micro-batch's summed token loss is divided by the loss-bearing tokens of the WHOLE step (every
+    micro-batch, every process) before its backward, so the gradients add up to that of one big batch.
+    """
+    world, device = accelerator.num_processes, accelerator.device
+    counts = torch.tensor([sum(count_loss_tokens(b) for b in batches), real_tokens], dtype=torch.float64,
+                          device=device)
+    loss_tokens, real_tokens = accelerator.reduce(counts, reduction="sum").tolist()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for i, batch in enumerate(batches):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        # Processes synchronize gradients only after the last micro-batch; DDP then AVERAGES them over processes,
+        # which the factor world_size turns back into the global token mean.
+        sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(loss_model)
+        with sync:
+            with autocast_for(precision, device):
+                summed = loss_model(**batch)
+            accelerator.backward(scale(summed * world / max(loss_tokens, 1)))
+        loss_sum += summed.detach().double()
+    total = accelerator.reduce(loss_sum, reduction="sum").item()
+    return total, int(loss_tokens), int(real_tokens)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the run
 
@@ -502,24 +532,13 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
         lr = lr_at(step, peak_lr, total_steps, warmup, training.lr_scheduler)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batches = [make_batch([train_examples[i] for i in part], training.packing, max_row_tokens,
-                              tokenizer.pad_token_id) for part in step_examples(step, len(train_examples),
-                                                                                  training, rank, world)]
-        counts = torch.tensor([sum(count_loss_tokens(b) for b in batches),
-                               sum(int((b["input_ids"] != tokenizer.pad_token_id).sum()) for b in batches)],
-                              dtype=torch.float64, device=device)
-        loss_tokens, real_tokens = accelerator.reduce(counts, reduction="sum").tolist()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for i, batch in enumerate(batches):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            # DDP averages gradients over processes; scaling by world_size turns that into the global token mean.
-            sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(loss_model)
-            with sync:
-                with autocast_for(precision, device):
-                    summed = loss_model(**batch)
-                accelerator.backward(scaler.scale(summed * world / max(loss_tokens, 1)))
-            loss_sum += summed.detach().double()
-        train_loss = accelerator.reduce(loss_sum, reduction="sum").item() / max(loss_tokens, 1)
+        parts = [[train_examples[i] for i in part]
+                 for part in step_examples(step, len(train_examples), training, rank, world)]
+        batches = [make_batch(part, training.packing, max_row_tokens, tokenizer.pad_token_id) for part in parts]
+        local_tokens = sum(len(e["input_ids"]) for part in parts for e in part)
+        loss_sum, loss_tokens, real_tokens = accumulate_gradients(loss_model, batches, accelerator, precision,
+                                                                  local_tokens, scaler.scale)
+        train_loss = loss_sum / max(loss_tokens, 1)
         if not math.isfinite(train_loss):
             progress.close()
             raise TrainingError(f"loss became {train_loss} at step {step + 1}; stopped before updating the weights "
@@ -535,9 +554,9 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
         optimizer.zero_grad(set_to_none=True)
 
         done = step + 1
-        state.update(step=done, tokens_seen=state["tokens_seen"] + int(real_tokens),
-                     loss_tokens=state["loss_tokens"] + int(loss_tokens))
-        window_tokens += int(real_tokens)
+        state.update(step=done, tokens_seen=state["tokens_seen"] + real_tokens,
+                     loss_tokens=state["loss_tokens"] + loss_tokens)
+        window_tokens += real_tokens
         test_now = None
         if training.eval_every_steps and done % training.eval_every_steps == 0 and done < total_steps:
             test_now = last_test_loss = evaluate(done)
@@ -588,6 +607,8 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
             json.loads(best_file.read_text(encoding="utf-8"))["step"] == state["best_step"]:
         load_trainable_state(model, best_file.parent)
         model_step = state["best_step"]
+    elif is_main:
+        shutil.rmtree(best_file.parent, ignore_errors=True)  # stale: the final weights are the best
     elapsed = time.perf_counter() - started
     summary = {
         "method": training.method, "precision": precision, "processes": world, "steps": final_step,
@@ -602,12 +623,12 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
     if is_main:
         with writing(f"the model to {paths.model}", checkpoint_note()):
             write_loss_plot(paths, metrics)
-            merged_dir = save_model(paths, model, tokenizer, run_info(paths, model_cfg, training, manifest),
-                                    merge=training.merge_lora and training.method != "full")
+            model, merged_dir = save_model(paths, model, tokenizer, run_info(paths, model_cfg, training, manifest),
+                                           merge=training.merge_lora and training.method != "full")
             atomic_write_json(paths.train_summary, summary)
     accelerator.wait_for_everyone()
     return TrainResult(paths.model, merged_dir, final_step, train_loss, last_test_loss, state["best_test_loss"],
-                       summary)
+                       summary, model.eval())
 
 
 def _gather_objects(obj, accelerator) -> list:
@@ -616,20 +637,21 @@ def _gather_objects(obj, accelerator) -> list:
     return gather_object([obj])
 
 
-def save_model(paths: RunPaths, model, tokenizer, info: dict, merge: bool) -> Path | None:
+def save_model(paths: RunPaths, model, tokenizer, info: dict, merge: bool):
     """The final model as a plain HF folder (full weights, or the LoRA adapter) with tokenizer and tunesmith.json.
 
     With `merge`, the adapter is also folded into the base weights and saved to `paths.merged_model`.
+    Returns (the model now in memory, the merged folder or None).
     """
     with atomic_dir(paths.model) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / RUN_INFO_FILE, info)
     if not merge:
-        return None
+        return model, None
     merged = model.merge_and_unload()
     with atomic_dir(paths.merged_model) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / RUN_INFO_FILE, {**info, "method": "full", "merged_from": info["method"]})
-    return paths.merged_model
+    return merged, paths.merged_model
