@@ -1,0 +1,373 @@
+"""What a dataset looks like before training on it: lengths, truncation, duplicates, baked-in templates.
+
+Pure functions over canonical records and their token lengths `(prompt_tokens, response_tokens)`; the
+lengths are measured elsewhere (`tunesmith.tokenization.measure_lengths`) so this module never needs a
+tokenizer. `compute_stats` returns a `DataStats` that serializes to JSON (`data_stats.json`).
+
+Percentiles are nearest-rank: p99 is the smallest length that at least 99% of examples fit in, always
+a length that occurs in the data, which is what a `max_length` choice needs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tunesmith.data.records import Record, prompt_key
+
+EXAMPLES_SHOWN = 5
+"""How many example locations each finding keeps (the counts are always complete)."""
+
+NEAR_DUPLICATE_JACCARD = 0.9
+"""Word-trigram Jaccard similarity from which two examples count as near duplicates."""
+
+TEMPLATE_MARKERS: dict[str, re.Pattern] = {
+    "### <Section>:": re.compile(r"###\s*(Instruction|Input|Response|Question|Answer|Human|Assistant|System)\s*:",
+                                 re.IGNORECASE),
+    "<|im_start|>": re.compile(re.escape("<|im_start|>")),
+    "<|im_end|>": re.compile(re.escape("<|im_end|>")),
+    "[INST]": re.compile(r"\[/?INST\]"),
+    "<<SYS>>": re.compile(re.escape("<<SYS>>")),
+    "<|user|>/<|assistant|>": re.compile(r"<\|(user|assistant|system)\|>"),
+    "<|start_header_id|>": re.compile(r"<\|(start_header_id|eot_id|begin_of_text)\|>"),
+    "<start_of_turn>": re.compile(r"<(start|end)_of_turn>"),
+    "<|endoftext|>": re.compile(re.escape("<|endoftext|>")),
+    "<s>/</s>": re.compile(r"</?s>"),
+    "Human:/Assistant:": re.compile(r"^(Human|Assistant):", re.MULTILINE),
+}
+"""Signs that a prompt was already formatted with some template (it would be templated twice)."""
+
+_ANY_MARKER = re.compile("|".join(f"(?:{p.pattern})" for p in TEMPLATE_MARKERS.values()), re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass
+class LengthSummary:
+    """Token-length distribution of one part of the examples."""
+
+    min: int
+    median: float
+    p95: int
+    p99: int
+    max: int
+    mean: float
+
+
+@dataclass
+class Truncation:
+    """What cutting every example to `max_length` tokens would cost (prompt cut first, from the left)."""
+
+    max_length: int
+    examples_truncated: int
+    examples_share: float
+    response_tokens_cut: int
+    response_tokens_total: int
+    response_share_cut: float
+    examples_without_response: int
+    """Examples with no response token left: they would be dropped, never trained on."""
+
+
+@dataclass
+class Duplicates:
+    exact: int
+    """Records identical (prompt and answer) to an earlier record."""
+    conflicting_prompts: int
+    """Prompts that appear with two or more different answers."""
+    near: int
+    """Records that are near duplicates (not exact) of an earlier record."""
+    exact_examples: list[list[str]] = field(default_factory=list)
+    conflicting_examples: list[list[str]] = field(default_factory=list)
+    near_examples: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class BakedTemplates:
+    records: int
+    """Records whose text already contains template markers."""
+    markers: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataStats:
+    """Everything `tunesmith data inspect` reports about a dataset; `to_dict()` is its JSON form."""
+
+    num_records: int
+    shapes: dict[str, int]
+    kinds: dict[str, int]
+    lengths: dict[str, LengthSummary]
+    truncation: Truncation | None
+    duplicates: Duplicates
+    baked_templates: BakedTemplates
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Overlap:
+    """How much of a test set also appears in a training set."""
+
+    same_prompt: int
+    """Test records whose prompt is also a training prompt."""
+    same_example: int
+    """Test records identical (prompt and answer) to a training record."""
+    examples: list[str] = field(default_factory=list)
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    """Nearest-rank percentile of already sorted values.
+
+    >>> percentile(list(range(1, 101)), 95)
+    95
+    """
+    if not sorted_values:
+        return 0
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summarize(values: list[int]) -> LengthSummary:
+    """Min, median, p95, p99, max and mean of token lengths.
+
+    >>> summarize([1, 2, 3, 10])
+    LengthSummary(min=1, median=2.5, p95=10, p99=10, max=10, mean=4.0)
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return LengthSummary(0, 0.0, 0, 0, 0, 0.0)
+    n = len(ordered)
+    median = float(ordered[n // 2]) if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    return LengthSummary(ordered[0], median, percentile(ordered, 95), percentile(ordered, 99), ordered[-1],
+                         round(sum(ordered) / n, 2))
+
+
+def truncation(lengths: list[tuple[int, int]], max_length: int, truncation_side: str = "left") -> Truncation:
+    """What truncating to `max_length` cuts: with `left` the prompt goes first, then the response's end.
+
+    >>> truncation([(10, 5), (3, 2)], max_length=4).response_tokens_cut
+    1
+    """
+    truncated = cut_total = no_response = 0
+    response_total = sum(r for _, r in lengths)
+    for prompt, response in lengths:
+        excess = prompt + response - max_length
+        if excess <= 0:
+            continue
+        truncated += 1
+        # `right` cuts the end of the sequence, which is the response.
+        cut = excess - min(prompt, excess) if truncation_side == "left" else min(response, excess)
+        cut_total += cut
+        no_response += response > 0 and cut >= response
+    n = len(lengths)
+    return Truncation(max_length, truncated, round(truncated / n, 4) if n else 0.0, cut_total, response_total,
+                      round(cut_total / response_total, 4) if response_total else 0.0, no_response)
+
+
+def _answer(record: Record) -> str:
+    if record.kind == "text":
+        return ""
+    if record.kind == "chat":
+        return record.messages[-1].content if record.messages else ""
+    return record.response
+
+
+def _full_text(record: Record) -> str:
+    return f"{prompt_key(record)}\n{_answer(record)}"
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _shingles(words: list[str]) -> frozenset:
+    if len(words) < 3:
+        return frozenset([tuple(words)])
+    return frozenset(zip(words, words[1:], words[2:]))
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    """Shared share of two sets of shingles.
+
+    >>> jaccard(frozenset({1, 2}), frozenset({2, 3}))
+    0.3333333333333333
+    """
+    if not a and not b:
+        return 1.0
+    shared = len(a & b)
+    return shared / (len(a) + len(b) - shared)
+
+
+def duplicates(records: list[Record], bucket_limit: int = 32, window: int = 8) -> Duplicates:
+    """Exact duplicates, prompts with conflicting answers, and near duplicates.
+
+    Near duplicates without comparing all pairs (fast for 100k records): examples whose normalized words
+    (lowercase, punctuation dropped) are equal, plus pairs with word-trigram Jaccard >= 0.9 among candidates
+    that share one of four 8-word keys: the start or end of the whole example, the end of its prompt, the start
+    of its answer. An edit leaves at least one key intact unless it touches every one of those places.
+    Inside a bucket (sorted by length) each example meets the next `window` ones; buckets larger than
+    `bucket_limit` (boilerplate that many examples share) are skipped, so the cost stays linear.
+    """
+    where = [r.where for r in records]
+    exact_groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    answers: dict[str, dict[str, int]] = defaultdict(dict)
+    for i, record in enumerate(records):
+        exact_groups[(prompt_key(record), _answer(record))].append(i)
+        if record.kind != "text":
+            answers[prompt_key(record)].setdefault(_answer(record), i)
+    exact = [group for group in exact_groups.values() if len(group) > 1]
+    conflicts = [list(by_answer.values()) for by_answer in answers.values() if len(by_answer) > 1]
+
+    near: dict[int, tuple[int, float]] = {}
+    by_normal: dict[str, int] = {}
+    words: dict[int, list[str]] = {}
+    buckets: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for (prompt, answer), group in exact_groups.items():
+        i = group[0]
+        prompt_words, answer_words = _words(prompt), _words(answer)
+        words[i] = prompt_words + answer_words
+        first = by_normal.setdefault(" ".join(words[i]), i)
+        if first != i:
+            near[i] = (first, 1.0)
+        elif len(words[i]) >= 4:
+            for kind, key in enumerate((words[i][:8], words[i][-8:], prompt_words[-8:], answer_words[:8])):
+                if key:
+                    buckets[(kind, " ".join(key))].append(i)
+    shingles: dict[int, frozenset] = {}
+    for members in buckets.values():
+        if not 2 <= len(members) <= bucket_limit:
+            continue
+        members.sort(key=lambda i: len(words[i]))
+        for a_pos, a in enumerate(members):
+            for b in members[a_pos + 1: a_pos + 1 + window]:
+                if len(words[a]) < NEAR_DUPLICATE_JACCARD * len(words[b]):
+                    break  # sorted by length: every later one is even longer
+                later, earlier = max(a, b), min(a, b)
+                if later in near:
+                    continue
+                for i in (a, b):
+                    if i not in shingles:
+                        shingles[i] = _shingles(words[i])
+                similarity = jaccard(shingles[a], shingles[b])
+                if similarity >= NEAR_DUPLICATE_JACCARD:
+                    near[later] = (earlier, similarity)
+
+    def locate(groups: list[list[int]]) -> list[list[str]]:
+        return [[where[i] for i in group[:EXAMPLES_SHOWN]] for group in groups[:EXAMPLES_SHOWN]]
+
+    near_pairs = sorted(near.items())
+    return Duplicates(
+        exact=sum(len(g) - 1 for g in exact), conflicting_prompts=len(conflicts), near=len(near),
+        exact_examples=locate(exact), conflicting_examples=locate(conflicts),
+        near_examples=[[where[first], where[later], f"{similarity:.2f}"]
+                       for later, (first, similarity) in near_pairs[:EXAMPLES_SHOWN]])
+
+
+def _texts_by_field(record: Record) -> list[tuple[str, str]]:
+    if record.kind == "text":
+        return [("text", record.text or "")]
+    if record.kind == "chat":
+        return [(f"messages[{i}]", m.content) for i, m in enumerate(record.messages)]
+    return [("system", record.system or ""), ("prompt", record.prompt), ("input", record.input),
+            ("response", record.response)]
+
+
+def baked_templates(records: list[Record]) -> BakedTemplates:
+    """Records whose text already holds template markers such as `### Instruction:` or `<|im_start|>`.
+
+    >>> baked_templates([Record("f", 1, "qa", prompt="### Question: 2+2?", response="4")]).examples
+    ["f:1: prompt contains '### Question:'"]
+    """
+    markers: Counter = Counter()
+    count = 0
+    examples = []
+    for record in records:
+        found = False
+        for field_name, text in _texts_by_field(record):
+            if not _ANY_MARKER.search(text):
+                continue
+            for name, pattern in TEMPLATE_MARKERS.items():
+                match = pattern.search(text)
+                if match:
+                    markers[name] += 1
+                    found = True
+                    if len(examples) < EXAMPLES_SHOWN:
+                        examples.append(f"{record.where}: {field_name} contains {match.group(0).strip()!r}")
+        count += found
+    return BakedTemplates(count, dict(markers.most_common()), examples)
+
+
+def compute_stats(records: list[Record], lengths: list[tuple[int, int]], max_length: int | None = None,
+                  truncation_side: str = "left") -> DataStats:
+    """All statistics of a dataset; `lengths[i]` is `(prompt_tokens, response_tokens)` of `records[i]`.
+
+    Raises:
+        ValueError: `lengths` does not have one entry per record (a programming error, not a user one).
+    """
+    if len(lengths) != len(records):
+        raise ValueError(f"{len(lengths)} lengths for {len(records)} records")
+    return DataStats(
+        num_records=len(records),
+        shapes=dict(Counter(r.shape for r in records)),
+        kinds=dict(Counter(r.kind for r in records)),
+        lengths={"prompt": summarize([p for p, _ in lengths]), "response": summarize([r for _, r in lengths]),
+                 "total": summarize([p + r for p, r in lengths])},
+        truncation=truncation(lengths, max_length, truncation_side) if max_length else None,
+        duplicates=duplicates(records),
+        baked_templates=baked_templates(records))
+
+
+def overlap(train_records: list[Record], test_records: list[Record]) -> Overlap:
+    """Test records whose prompt (or whole example) also occurs in training: their scores would flatter.
+
+    >>> a, b = Record("t", 1, "qa", prompt="Q", response="A"), Record("s", 1, "qa", prompt="Q", response="B")
+    >>> overlap([a], [b])
+    Overlap(same_prompt=1, same_example=0, examples=['s:1 has the prompt of t:1'])
+    """
+    train_prompts: dict[str, Record] = {}
+    train_examples = set()
+    for record in train_records:
+        train_prompts.setdefault(prompt_key(record), record)
+        train_examples.add((prompt_key(record), _answer(record)))
+    same_prompt = same_example = 0
+    examples = []
+    for record in test_records:
+        match = train_prompts.get(prompt_key(record))
+        if match is None:
+            continue
+        same_prompt += 1
+        same_example += (prompt_key(record), _answer(record)) in train_examples
+        if len(examples) < EXAMPLES_SHOWN:
+            examples.append(f"{record.where} has the prompt of {match.where}")
+    return Overlap(same_prompt, same_example, examples)
+
+
+def plot_lengths(totals: list[int], max_length: int | None, path: str | Path) -> Path:
+    """A histogram PNG of total token lengths with the max_length cut-off drawn, written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tunesmith.runs import atomic_write_bytes
+
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.hist(totals, bins=min(50, max(5, len(set(totals)))), color="#4c72b0")
+    if max_length:
+        cut = sum(t > max_length for t in totals)
+        axes.axvline(max_length, color="#c44e52", linestyle="--",
+                     label=f"max_length = {max_length} ({cut} of {len(totals)} longer)")
+        axes.legend()
+    axes.set_xlabel("tokens per example (prompt + response, after templating)")
+    axes.set_ylabel("examples")
+    axes.set_title(f"Token lengths of {len(totals)} examples")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return atomic_write_bytes(path, buffer.getvalue())
