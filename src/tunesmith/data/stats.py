@@ -58,7 +58,7 @@ class LengthSummary:
 
 @dataclass
 class Truncation:
-    """What cutting every example to `max_length` tokens would cost (prompt cut first, from the left)."""
+    """What cutting every example to `max_length` tokens would cost."""
 
     max_length: int
     examples_truncated: int
@@ -145,23 +145,35 @@ def summarize(values: list[int]) -> LengthSummary:
                          round(sum(ordered) / n, 2))
 
 
-def truncation(lengths: list[tuple[int, int]], max_length: int, truncation_side: str = "left") -> Truncation:
-    """What truncating to `max_length` cuts: with `left` the prompt goes first, then the response's end.
+def response_tokens_cut(prompt: int, response: int, max_length: int, truncation_side: str = "left") -> int:
+    """Response tokens lost when one example is cut to `max_length`, by the rules of `tunesmith.tokenization`.
 
-    >>> truncation([(10, 5), (3, 2)], max_length=4).response_tokens_cut
-    1
+    `left` cuts the prompt first; when the response alone does not fit, the prompt keeps its last
+    max_length // 2 tokens and the response's tail goes. `right` cuts the end, which is the response.
+
+    >>> response_tokens_cut(10, 5, max_length=12), response_tokens_cut(10, 20, max_length=12)
+    (0, 14)
     """
-    truncated = cut_total = no_response = 0
+    if prompt + response <= max_length:
+        return 0
+    if truncation_side == "right":
+        return min(response, prompt + response - max_length)
+    if response <= max_length:
+        return 0
+    return response - (max_length - min(prompt, max_length // 2))
+
+
+def truncation(lengths: list[tuple[int, int]], max_length: int, truncation_side: str = "left") -> Truncation:
+    """What truncating every example to `max_length` costs (see `response_tokens_cut`).
+
+    >>> truncation([(10, 20), (3, 2)], max_length=12).response_tokens_cut
+    14
+    """
+    cuts = [response_tokens_cut(p, r, max_length, truncation_side) for p, r in lengths]
+    truncated = sum(p + r > max_length for p, r in lengths)
+    cut_total = sum(cuts)
     response_total = sum(r for _, r in lengths)
-    for prompt, response in lengths:
-        excess = prompt + response - max_length
-        if excess <= 0:
-            continue
-        truncated += 1
-        # `right` cuts the end of the sequence, which is the response.
-        cut = excess - min(prompt, excess) if truncation_side == "left" else min(response, excess)
-        cut_total += cut
-        no_response += response > 0 and cut >= response
+    no_response = sum(r > 0 and cut >= r for (_, r), cut in zip(lengths, cuts))
     n = len(lengths)
     return Truncation(max_length, truncated, round(truncated / n, 4) if n else 0.0, cut_total, response_total,
                       round(cut_total / response_total, 4) if response_total else 0.0, no_response)
