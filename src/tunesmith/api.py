@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from tunesmith.config import FromDocsConfig, SelfInstructConfig, TeacherConfig
     from tunesmith.datagen import DatagenSummary
     from tunesmith.prepare import PrepareResult
+    from tunesmith.config import DataConfig, ModelConfig, TemplateConfig, TokenizationConfig
+    from tunesmith.data.stats import DataInspection
 
 
 def show_config(config_path: str | None = None, overrides: list[str] | None = None) -> str:
@@ -241,3 +243,39 @@ def compare_runs(runs: list[str]) -> tuple[list[str], list[list[str]]]:
     from tunesmith.runs import open_run
 
     return report.run_table([open_run(run)[0] for run in runs])
+
+
+def inspect_data(path: str, data: DataConfig | None = None, model: ModelConfig | None = None,
+                 template: TemplateConfig | None = None, tokenization: TokenizationConfig | None = None,
+                 plot: str | Path | None = None) -> DataInspection:
+    """Load a data file and describe it: shape, token lengths with the model's tokenizer and template,
+    truncation at max_length, duplicates, baked-in templates; optionally a length histogram PNG.
+
+    Raises:
+        DataError: the file is unreadable or (with `on_error: fail`) has invalid records, all listed.
+        ModelError: the tokenizer cannot be loaded.
+    """
+    from tunesmith.config import DataConfig, ModelConfig, TemplateConfig, TokenizationConfig
+    from tunesmith.data import load_records
+    from tunesmith.data.stats import DataInspection, compute_stats, plot_lengths
+    from tunesmith.models import context_length, load_model_config, load_tokenizer
+    from tunesmith.templates import resolve_template_name
+    from tunesmith.tokenization import measure_lengths, resolve_max_length
+
+    data, model = data or DataConfig(), model or ModelConfig()
+    template, tokenization = template or TemplateConfig(), tokenization or TokenizationConfig()
+    loaded = load_records(path, data)
+    tokenizer = load_tokenizer(model)
+    lengths = measure_lengths(loaded.records, tokenizer, template)
+    totals = [p + r for p, r in lengths]
+    model_context = context_length(load_model_config(model))
+    max_length = resolve_max_length(tokenization, totals, model_context)
+    source = (f"given (tokenization.max_length={tokenization.max_length})" if tokenization.max_length != "auto"
+              else f"auto: p99 of total lengths, capped by the model's context of {model_context}")
+    stats = compute_stats(loaded.records, lengths, max_length, tokenization.truncation_side)
+    if plot is not None:
+        plot = str(plot_lengths(totals, max_length, plot))
+    return DataInspection(file=loaded.file, shape=loaded.shape, reason=loaded.reason,
+                          skipped=[str(p) for p in loaded.skipped], model=model.name,
+                          template=resolve_template_name(template, tokenizer), max_length_source=source,
+                          stats=stats, plot=plot)

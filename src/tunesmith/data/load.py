@@ -46,7 +46,7 @@ def read_rows(path: str | Path, max_record_bytes: int = 1_000_000) -> list[RawRo
     path = Path(path)
     file = str(path)
     if not path.exists():
-        raise DataError(f"data file not found: {file}", file=file)
+        raise DataError("data file not found", file=file)
     if path.is_dir():
         return list(_read_dataset_folder(path, max_record_bytes))
     reader = READERS.get(path.suffix.lower())

@@ -108,6 +108,27 @@ class DataStats:
 
 
 @dataclass
+class DataInspection:
+    """What `tunesmith data inspect` found: the load result, how lengths were measured, and the statistics."""
+
+    file: str
+    shape: str
+    reason: str
+    skipped: list[str]
+    """Every invalid record dropped (with `on_error: skip`), as `file:line: field: message`."""
+    model: str
+    template: str
+    """Template the token lengths were measured with (resolved from `auto`)."""
+    max_length_source: str
+    """Why `stats.truncation.max_length` is what it is (given, or the p99 of total lengths)."""
+    stats: DataStats
+    plot: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class Overlap:
     """How much of a test set also appears in a training set."""
 
