@@ -1,10 +1,12 @@
-"""`tunesmith data inspect FILE`: what a dataset looks like before training on it."""
+"""`tunesmith data inspect FILE` (what a dataset looks like before training on it) and `data prepare CONFIG`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from tunesmith.cli import add_config_arguments
 
 
 def register(subparsers) -> None:
@@ -31,6 +33,14 @@ def register(subparsers) -> None:
     inspect.add_argument("--json", action="store_true", help="print the full result as JSON")
     inspect.set_defaults(handler=_inspect)
 
+    prepare = actions.add_parser(
+        "prepare", help="tokenize the config's data into train/test splits in the run folder",
+        description="Load data.path, split it (or use data.test_path), apply the template, tokenize with masked "
+                    "labels, and write prepared/{train,test} (datasets) and manifest.json into the run folder. "
+                    "Re-running with the same data and settings reuses them.")
+    add_config_arguments(prepare, config_required=True)
+    prepare.set_defaults(handler=_prepare)
+
 
 def _inspect(args: argparse.Namespace) -> int:
     from tunesmith import api
@@ -51,6 +61,13 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
         print(format_inspection(result))
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from tunesmith import api
+
+    print("\n".join(api.prepare_data(args.config, args.overrides).summary_lines()))
     return 0
 
 
