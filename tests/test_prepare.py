@@ -102,3 +102,21 @@ def test_missing_data_path_and_unprepared_run_are_clear_errors(make_config, tmp_
         prepare(make_config("data.path=null"))
     with pytest.raises(RunError, match="data prepare"):
         load_prepared(RunPaths(tmp_path / "runs" / "nothing"))
+
+
+def test_cli_prepares_and_reports_bad_template_in_one_line(make_config, tmp_path, tiny_model_dir, capsys):
+    from tunesmith.cli import main
+
+    chat = tmp_path / "chat.jsonl"
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    chat.write_text("".join(json.dumps({"messages": turns[:2] + [dict(t, content=t["content"] + str(i))
+                                                                   for t in turns[2:]]}) + "\n" for i in range(6)))
+    config = tmp_path / "prep.yaml"
+    config.write_text(f"data:\n  path: chat.jsonl\nmodel:\n  name: {tiny_model_dir}\nsplit:\n  test_size: 2\n"
+                      f"output:\n  runs_dir: {tmp_path / 'runs'}\n  name: cli\n")
+    assert main(["data", "prepare", str(config)]) == 0
+    assert "train: 4 examples" in capsys.readouterr().out
+    assert main(["data", "prepare", str(config), "--set", "template.name=alpaca"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "chat.jsonl:1" in err and "template.name=chat" in err
