@@ -266,17 +266,19 @@ class Task:
 
 
 _LABEL = re.compile(
-    r"^[ \t>#*_-]*(?:\d+\s*[.):]\s*)?[*_]*(instruction|input|output)[*_]*\s*[:：][*_]*[ \t]*",
+    r"^[ \t>#*_-]*(?:(\d+)\s*[.):]\s*)?[*_]*(instruction|input|output)[*_]*\s*[:：][*_]*[ \t]*",
     re.IGNORECASE | re.MULTILINE)
 _NO_INPUT = {"", "<noinput>", "<no input>", "noinput", "no input", "none", "n/a", "-", "<none>", "(none)"}
 
 
+_SEPARATOR = re.compile(r"^\s*#{3,}\s*$", re.MULTILINE)
+
+
 def _clean_field(text: str) -> str:
-    # Separator lines (###) and markdown emphasis left around a field are format, not content.
-    lines = text.strip().splitlines()
-    while lines and re.fullmatch(r"\s*(#{2,}|-{3,}|\*{3,})\s*", lines[-1]):
-        lines.pop()
-    return re.sub(r"^\*\*\s*|\s*\*\*$", "", "\n".join(lines).strip())
+    # A field ends at a separator line (what follows is the next task or the teacher's chatter); markdown
+    # emphasis left around it is format, not content.
+    text = _SEPARATOR.split(text, 1)[0]
+    return re.sub(r"^\*\*\s*|\s*\*\*$", "", text.strip())
 
 
 def parse_numbered_tasks(text: str) -> tuple[list[Task], int]:
@@ -294,15 +296,18 @@ def parse_numbered_tasks(text: str) -> tuple[list[Task], int]:
         return [], 1
     items: list[dict] = []
     malformed = 0
+    new_item = True  # a separator line (###) since the last label means the next fields start a new task
     for label, following in zip(labels, labels[1:] + [None]):
-        kind = label.group(1).lower()
-        value = _clean_field(text[label.end(): following.start() if following else len(text)])
+        number, kind = label.group(1), label.group(2).lower()
+        raw = text[label.end(): following.start() if following else len(text)]
+        value = _clean_field(raw)
         if kind == "instruction":
-            items.append({"instruction": value})
-        elif not items or kind in items[-1]:
-            malformed += 1  # an input/output with no instruction before it, or given twice
+            items.append({"instruction": value, "number": number})
+        elif new_item or kind in items[-1] or (number and items[-1]["number"] and number != items[-1]["number"]):
+            malformed += 1  # an input/output with no instruction of its own, or given twice
         else:
             items[-1][kind] = value
+        new_item = bool(_SEPARATOR.search(raw))
     tasks = []
     for item in items:
         if not item.get("instruction") or not item.get("output"):
@@ -458,7 +463,7 @@ class RougeFilter:
 
 UNSUPPORTED_WORDS = re.compile(
     r"\b(images?|pictures?|photos?|photographs?|graphs?|charts?|diagrams?|flowcharts?|draw|drawing|plot|"
-    r"maps?|files?|videos?|audio|music|songs?|sounds?|listen|go to|browse|website)\b", re.IGNORECASE)
+    r"maps?|files?|videos?|audio|music|songs?|listen|go to|browse|website)\b", re.IGNORECASE)
 """Instructions about things a text-only model cannot see, make or do (Alpaca's blacklist idea)."""
 
 
@@ -943,9 +948,7 @@ def self_instruct(seeds: str | Path, out: str | Path, teacher: Teacher, options:
                     if len(generated) >= target:
                         summary.dropped["not_needed"] += 1
                         continue
-                    reason = instruction_problem(task, options)
-                    if reason is None and normalized(task.instruction) in seen:
-                        reason = "duplicate"
+                    reason = "duplicate" if normalized(task.instruction) in seen else instruction_problem(task, options)
                     if reason is None and similar.is_near_duplicate(task.instruction):
                         reason = "similar"
                     if reason:
@@ -1085,9 +1088,8 @@ def qa_from_docs(docs: str | Path, out: str | Path, teacher: Teacher, options: F
                 if isinstance(result, TeacherReply):
                     pairs, malformed = parse_qa_pairs(result.text)
                     summary.dropped["malformed"] += malformed
-                    summary.dropped["extra"] += max(0, len(pairs) - options.per_chunk)
-                    summary.produced += min(len(pairs), options.per_chunk)
-                    candidates[index] = pairs[:options.per_chunk]
+                    summary.produced += len(pairs)
+                    candidates[index] = pairs
             verdicts = _grade(wave, candidates, teacher, summary) if options.grade else {}
             for index, chunk in enumerate(wave):
                 if index not in candidates or (options.grade and index not in verdicts):
@@ -1104,6 +1106,8 @@ def qa_from_docs(docs: str | Path, out: str | Path, teacher: Teacher, options: F
                         reason = "duplicate"
                     elif similar.is_near_duplicate(question):
                         reason = "similar"
+                    elif len(kept) == options.per_chunk:
+                        reason = "extra"  # more good pairs than asked for: the first ones are kept
                     if reason:
                         summary.dropped[reason] += 1
                         continue

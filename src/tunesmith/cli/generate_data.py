@@ -16,7 +16,12 @@ TARGETS = ("self-instruct", "from-docs")
 
 
 def register(subparsers) -> None:
-    """Nothing to register: `generate` belongs to `cli/use.py`, which dispatches TARGETS to this module."""
+    """Nothing to register: `generate` belongs to `cli/use.py`, which hands TARGETS to `run`."""
+
+
+def run(target: str, argv: list[str]) -> int:
+    """`tunesmith generate TARGET ...` for a data generator; `cli/use.py` calls this with the words after TARGET."""
+    return {"self-instruct": main_self_instruct, "from-docs": main_from_docs}[target](argv)
 
 
 def _help(section: type[Section], key: str) -> str:
