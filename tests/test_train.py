@@ -140,3 +140,205 @@ def test_labels_reaching_the_model_mask_prompt_and_padding(make_run, tokenizer, 
                     assert answer is not None and text == answer + tokenizer.eos_token, text
                     answered.append(answer)
     assert len(answered) == len(set(answered)) == 6  # batch 3 x accumulation 2, each answer once, nothing else
+
+
+def test_accumulating_2x4_gives_the_gradient_of_one_batch_of_8(tiny_model_dir):
+    """Examples of different lengths: the mean of micro-batch means would differ; the token-normalized sum does not."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.train import CausalLMLoss, accumulate_gradients, make_batch, step_examples
+
+    g = torch.Generator().manual_seed(1)
+    examples = []
+    for n in [5, 17, 9, 30, 3, 12, 22, 7]:
+        ids = torch.randint(10, 49000, (n,), generator=g).tolist()
+        examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (n // 3) + ids[n // 3:]})
+    loss_model = CausalLMLoss(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)).eval()
+
+    def gradient(batch_size, accumulation, packing=True):
+        loss_model.zero_grad(set_to_none=True)
+        training = TrainingConfig(batch_size=batch_size, gradient_accumulation_steps=accumulation, seed=3)
+        parts = step_examples(0, len(examples), training)
+        assert len(parts) == accumulation and sorted(sum(parts, [])) == list(range(8))
+        batches = [make_batch([examples[i] for i in part], packing, 64, 2) for part in parts]
+        accumulate_gradients(loss_model, batches, Accelerator(cpu=True), "fp32")
+        return torch.cat([p.grad.flatten() for p in loss_model.parameters()])
+
+    single = gradient(8, 1)
+    torch.testing.assert_close(gradient(2, 4), single, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gradient(2, 4, packing=False), single, rtol=1e-5, atol=1e-5)
+
+    # the naive mean of per-micro-batch means is measurably different on these lengths
+    loss_model.zero_grad(set_to_none=True)
+    for part in step_examples(0, 8, TrainingConfig(batch_size=2, gradient_accumulation_steps=4, seed=3)):
+        batch = make_batch([examples[i] for i in part], True, 64, 2)
+        (loss_model(**batch) / (batch["labels"][:, 1:] != IGNORE_INDEX).sum() / 4).backward()
+    naive = torch.cat([p.grad.flatten() for p in loss_model.parameters()])
+    assert (naive - single).abs().max() > 1e-4
+
+
+class TestSchedule:
+    @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+    def test_warmup_rises_linearly_to_the_peak(self, schedule):
+        from tunesmith.train import lr_at
+
+        assert [lr_at(s, 1.0, 10, 4, schedule) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+
+    def test_decays(self):
+        from tunesmith.train import lr_at
+
+        assert [lr_at(s, 2.0, 6, 2, "linear") for s in range(2, 6)] == [2.0, 1.5, 1.0, 0.5]
+        assert [round(lr_at(s, 2.0, 6, 2, "cosine"), 6) for s in range(2, 6)] == [2.0, 1.707107, 1.0, 0.292893]
+        assert {lr_at(s, 2.0, 6, 2, "constant") for s in range(2, 6)} == {2.0}
+
+    def test_is_a_pure_function_of_the_step(self):
+        from tunesmith.train import lr_at
+
+        forward = [lr_at(s, 1e-3, 50, 5, "cosine") for s in range(50)]
+        assert [lr_at(s, 1e-3, 50, 5, "cosine") for s in reversed(range(50))] == forward[::-1]
+
+    def test_warmup_steps_from_ratio_or_explicit(self):
+        from tunesmith.train import warmup_steps
+
+        assert warmup_steps(TrainingConfig(warmup_ratio=0.1), 25) == 3
+        assert warmup_steps(TrainingConfig(warmup_ratio=0.1, warmup_steps=7), 25) == 7
+        assert warmup_steps(TrainingConfig(warmup_ratio=0.0), 25) == 0
+
+
+class TestDataOrder:
+    def test_each_epoch_sees_every_example_once_in_a_seeded_order(self):
+        from tunesmith.train import step_examples
+
+        training = TrainingConfig(batch_size=3, gradient_accumulation_steps=2, seed=5)
+        epoch0 = [i for s in range(2) for part in step_examples(s, 10, training) for i in part]
+        epoch1 = [i for s in range(2, 4) for part in step_examples(s, 10, training) for i in part]
+        assert sorted(epoch0) == sorted(epoch1) == list(range(10))
+        assert epoch0 != epoch1
+        assert epoch0 == [i for s in range(2) for part in step_examples(s, 10, training) for i in part]
+
+    def test_processes_get_disjoint_shards_of_each_step(self):
+        from tunesmith.train import step_examples
+
+        training = TrainingConfig(batch_size=2, gradient_accumulation_steps=2, seed=0)
+        for step in range(4):  # 13 examples, 8 per step: the short last step still feeds both processes
+            shards = [sum(step_examples(step, 13, training, rank, 2), []) for rank in (0, 1)]
+            assert shards[0] and shards[1] and not set(shards[0]) & set(shards[1])
+            assert len(step_examples(step, 13, training, 0, 2)) == len(step_examples(step, 13, training, 1, 2))
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from tunesmith import train as train_module
+    from tunesmith.config import load_config
+    from tunesmith.runs import RunPaths
+
+    save = train_module.save_checkpoint
+
+    def save_then_die(paths, step, *args, **kwargs):
+        folder = save(paths, step, *args, **kwargs)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return folder
+
+    train_module.save_checkpoint = save_then_die
+    config = load_config(sys.argv[1])
+    train_module.train(RunPaths(__import__("pathlib").Path(sys.argv[2])), config.model, config.training)
+""")
+
+
+def test_resume_after_sigkill_continues_the_loss_curve_exactly(make_run, tmp_path):
+    # LoRA with dropout: resuming exactly needs the adapters, AdamW moments, data position and RNG state.
+    settings = ["training.method=lora", "training.learning_rate=3e-3", "training.lora_dropout=0.3",
+                "training.max_steps=6", "training.batch_size=3", "training.save_every_steps=1",
+                "training.lr_scheduler=cosine", "training.warmup_steps=2"]
+    config, paths = make_run(*settings, name="straight")
+    train_run(config, paths)
+    expected = losses(paths)
+
+    config, paths = make_run(*settings, name="killed")
+    script = tmp_path / "killed.py"
+    script.write_text(RESUME_SCRIPT)
+    child = subprocess.run([sys.executable, str(script), str(paths.config), str(paths.root)],
+                           capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert child.returncode == -9, child.stderr[-2000:]
+    assert (paths.checkpoints / "latest").read_text() == "step-3"
+    assert not paths.model.exists()
+    assert max(losses(paths)) == 3
+
+    result = train_run(config, paths, resume=True)
+    resumed = losses(paths)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6] and result.steps == 6
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-4)
+    assert resumed[1] == expected[1]  # metrics before the checkpoint are kept
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(make_run):
+    config, paths = make_run()
+    with pytest.raises(TrainingError, match="no complete checkpoint"):
+        train_run(config, paths, resume=True)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(make_run, monkeypatch):
+    from tunesmith.train import CausalLMLoss
+
+    forward, calls = CausalLMLoss.forward, []
+
+    def poisoned(self, *args, **kwargs):
+        loss = forward(self, *args, **kwargs)
+        calls.append(1)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(CausalLMLoss, "forward", poisoned)
+    config, paths = make_run("training.save_every_steps=2", "training.max_steps=5")
+    with pytest.raises(TrainingError, match="loss became nan at step 3.*step-2"):
+        train_run(config, paths)
+    assert (paths.checkpoints / "latest").read_text() == "step-2"
+    assert not paths.model.exists()
+    train_run(config, paths, resume=True)  # the kept checkpoint is usable
+    assert paths.model.is_dir()
+
+
+def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(make_run, monkeypatch):
+    import safetensors.torch
+    from safetensors.torch import load_file
+
+    real_save, calls = safetensors.torch.save_file, []
+
+    def save_until_full(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) == 2:
+            real_save(tensors, filename, *args, **kwargs)  # half a file is on disk when the space runs out
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_until_full)
+    config, paths = make_run("training.save_every_steps=1")
+    with pytest.raises(TrainingError, match=r"No space left on device.*step-1 is intact"):
+        train_run(config, paths)
+    assert (paths.checkpoints / "latest").read_text() == "step-1"
+    assert sorted(p.name for p in paths.checkpoints.iterdir()) == ["latest", "step-1"]  # no half-written folder
+    assert load_file(str(paths.checkpoints / "step-1" / "trainable.safetensors"))
+    assert json.loads((paths.checkpoints / "step-1" / "trainer_state.json").read_text())["step"] == 1
+
+
+def test_qlora_without_a_gpu_is_a_clear_error(make_run):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    config, paths = make_run("training.method=qlora")
+    with pytest.raises(TrainingError, match="qlora needs a CUDA GPU"):
+        train_run(config, paths)
+
+
+def test_best_checkpoint_by_test_loss_becomes_the_model_and_early_stopping_ends_the_run(make_run):
+    # a learning rate this high makes the test loss rise after the first steps
+    config, paths = make_run("training.method=full", "training.learning_rate=0.05", "training.max_steps=20",
+                             "training.eval_every_steps=1", "training.early_stopping_patience=2")
+    result = train_run(config, paths)
+    summary = result.summary
+    tests = {m["step"]: m["test_loss"] for m in map(json.loads, paths.metrics.read_text().splitlines())
+             if "test_loss" in m}
+    assert summary["stopped_early"] and result.steps < 20
+    assert summary["best_test_loss"] == min(tests.values())
+    assert summary["model_step"] == summary["best_step"] == min(tests, key=tests.get)
