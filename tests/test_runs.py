@@ -73,3 +73,12 @@ def test_created_run_saves_its_config_and_reopens(tmp_path):
 def test_open_run_on_a_plain_folder_is_a_clear_error(tmp_path):
     with pytest.raises(RunError, match="not a run folder"):
         open_run(tmp_path)
+
+
+def test_default_run_name_is_stable_for_a_config_and_changes_with_it():
+    config = load_config(None, ["data.path=data/qa.jsonl"])
+    same = load_config(None, ["data.path=data/qa.jsonl"])
+    changed = load_config(None, ["data.path=data/qa.jsonl", "training.learning_rate=1e-3"])
+    assert run_paths(config) == run_paths(same)
+    assert run_paths(config) != run_paths(changed)
+    assert run_paths(config).root.name.startswith("qa-lora-")

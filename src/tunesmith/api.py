@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from tunesmith.prepare import PrepareResult
     from tunesmith.config import DataConfig, ModelConfig, TemplateConfig, TokenizationConfig
     from tunesmith.data.stats import DataInspection
+    from tunesmith.config import Config
+    from tunesmith.train import TrainResult
 
 
 def show_config(config_path: str | None = None, overrides: list[str] | None = None) -> str:
@@ -279,3 +283,230 @@ def inspect_data(path: str, data: DataConfig | None = None, model: ModelConfig |
                           skipped=[str(p) for p in loaded.skipped], model=model.name,
                           template=resolve_template_name(template, tokenizer), max_length_source=source,
                           stats=stats, plot=plot)
+
+
+def train_config(config: Config, resume: bool = False) -> tuple[PrepareResult, TrainResult]:
+    """Prepare (or reuse) the config's data, then train; the shared core of `train`, `run` and `Tuner.train`.
+
+    Raises:
+        ConfigError, DataError, ModelError, TrainingError: what the stages raise, each naming what and where.
+    """
+    from tunesmith.prepare import prepare
+    from tunesmith.train import train
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under accelerate launch / torchrun: one run folder for all processes, prepared once by the first.
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        from tunesmith.runs import default_run_name
+
+        name = broadcast_object_list([config.output.name or default_run_name(config)], from_process=0)[0]
+        config = config.model_copy(update={"output": config.output.model_copy(update={"name": name})})
+        with PartialState().main_process_first():
+            prepared = prepare(config)
+    else:
+        prepared = prepare(config)
+    return prepared, train(prepared.paths, config.model, config.training, resume=resume)
+
+
+def train_run(config_path: str, overrides: list[str] | None = None, resume: bool = False) -> TrainResult:
+    """`tunesmith train CONFIG`: prepare (or reuse) the data, then train; `resume` continues the latest checkpoint.
+
+    Resuming without `output.name` continues the newest run of this data and method that has a checkpoint.
+
+    Raises:
+        ConfigError, DataError, ModelError, RunError, TrainingError: each naming what and where.
+    """
+    from tunesmith.config import load_config
+
+    config = load_config(config_path, overrides)
+    if resume and not config.output.name:
+        config = config.model_copy(update={"output": config.output.model_copy(
+            update={"name": _latest_resumable_run(config)})})
+    return train_config(config, resume=resume)[1]
+
+
+def _latest_resumable_run(config: Config) -> str:
+    """Name of the newest run folder made from this config's data and method that holds a checkpoint."""
+    from tunesmith.errors import RunError
+    from tunesmith.runs import default_run_name
+
+    prefix = default_run_name(config).rsplit("-", 2)[0] + "-"
+    runs = sorted((p for p in Path(config.output.runs_dir).glob(f"{prefix}*") if (p / "checkpoints" / "latest").is_file()),
+                  key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise RunError(f"--resume: no run named {prefix}<time> with a checkpoint in {config.output.runs_dir}/; "
+                       f"name the run to continue with --set output.name=NAME")
+    return runs[-1].name
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What `tunesmith run` and `tunesmith demo` print: where things are and whether the finetune helped."""
+
+    run: Path
+    model: Path
+    report: Path
+    test_loss: float | None
+    base_test_loss: float | None
+    headline_metrics: dict[str, tuple[float | None, float]]
+    """Metric name -> (base, finetuned) mean, for the metrics people look at first."""
+    metrics: dict
+
+
+HEADLINE_METRICS = ("rouge_l", "token_f1", "exact_match_normalized")
+
+
+def run_config(config: Config, resume: bool = False, progress: bool = True) -> PipelineResult:
+    """prepare -> train -> evaluate (base and finetuned on the test split) -> report, for one config."""
+    prepared, trained = train_config(config, resume=resume)
+    run = prepared.paths.root
+    metrics = evaluate_run(str(run), progress=progress)
+    report_path = build_report(str(run))
+    models = metrics.get("models", {})
+    tuned, base = models.get("finetuned", {}), models.get("base")
+    headline = {name: ((base or {}).get("metrics", {}).get(name, {}).get("mean"),
+                       tuned.get("metrics", {}).get(name, {}).get("mean"))
+                for name in HEADLINE_METRICS if name in tuned.get("metrics", {})}
+    return PipelineResult(run=run, model=trained.model_dir, report=report_path, test_loss=tuned.get("loss"),
+                          base_test_loss=base.get("loss") if base else None, headline_metrics=headline,
+                          metrics=metrics)
+
+
+def run_pipeline(config_path: str, overrides: list[str] | None = None, resume: bool = False) -> PipelineResult:
+    """`tunesmith run CONFIG`: the whole pipeline from one config file.
+
+    Raises:
+        ConfigError, DataError, ModelError, TrainingError, RunError: each naming what and where.
+    """
+    from tunesmith.config import load_config
+
+    return run_config(load_config(config_path, overrides), resume=resume)
+
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
+
+
+def demo(overrides: list[str] | None = None) -> PipelineResult:
+    """`tunesmith demo`: the shipped example on the embedded default model, end to end.
+
+    Raises:
+        RunError: the example files are not there (tunesmith installed without its repository).
+    """
+    from tunesmith.errors import RunError
+
+    if not DEMO_CONFIG.is_file():
+        raise RunError(f"{DEMO_CONFIG}: the demo config ships with the tunesmith repository; run the demo from a "
+                       f"clone (`make demo`)")
+    return run_pipeline(str(DEMO_CONFIG), overrides)
+
+
+TRAINING_KEYS_ELSEWHERE = {"max_length": "tokenization", "padding_side": "tokenization",
+                           "truncation_side": "tokenization", "train_on": "tokenization", "test_size": "split",
+                           "template": "template.name", "system_prompt": "template", "runs_dir": "output",
+                           "name": "output"}
+"""`Tuner.train` keywords that belong to another config section than `training`."""
+
+
+class Tuner:
+    """The three-line API: `Tuner(model).load_data(path, ...).train(**settings)`, then `.evaluate()`, `.generate()`.
+
+    >>> tuner = Tuner("smollm2-135m-instruct").load_data("qa.jsonl", input_key="question", output_key="answer")
+    >>> tuner.train(max_steps=20, learning_rate=1e-4, method="lora")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: str | None = None, config: str | Config | None = None, **overrides):
+        from tunesmith.config import Config, load_config
+
+        base = config if isinstance(config, Config) else load_config(config)
+        self.config = _with(base, {"model.name": model} if model else {})
+        self.config = _with(self.config, overrides)
+        self.run: Path | None = None
+        self.model_dir: Path | None = None
+        self._generator = None
+
+    def load_data(self, path: str | Path, input_key: str | None = None, output_key: str | None = None,
+                  **data_settings) -> Tuner:
+        """Use a data file; `input_key`/`output_key` name the prompt and answer columns (any shape otherwise)."""
+        settings = {"data.path": str(path), **{f"data.{k}": v for k, v in data_settings.items()}}
+        if input_key:
+            settings["data.prompt_key"] = input_key
+        if output_key:
+            settings["data.response_key"] = output_key
+        self.config = _with(self.config, settings)
+        return self
+
+    def train(self, resume: bool = False, **settings) -> Tuner:
+        """Prepare and train; keywords are training settings (`max_steps=20`, `method="lora"`, `max_length=256`).
+
+        Raises:
+            ConfigError: an unknown or invalid setting.
+        """
+        from tunesmith.config import TrainingConfig
+
+        dotted = {}
+        for key, value in settings.items():
+            if key in TrainingConfig.model_fields:
+                dotted[f"training.{key}"] = value
+            elif key in TRAINING_KEYS_ELSEWHERE:
+                where = TRAINING_KEYS_ELSEWHERE[key]
+                dotted[where if "." in where else f"{where}.{key}"] = value
+            else:
+                dotted[key] = value  # "section.key" passes through; anything else fails validation by name
+        self.config = _with(self.config, dotted)
+        prepared, result = train_config(self.config, resume=resume)
+        self.run, self.model_dir, self._generator = prepared.paths.root, result.model_dir, None
+        return self
+
+    def evaluate(self, which: str | None = None, limit: int | None = None, progress: bool = True) -> dict:
+        """Test loss and generation metrics (base vs finetuned by default) as a plain dict.
+
+        Raises:
+            RunError: nothing trained yet.
+        """
+        return evaluate_run(str(self._require_run()), model=which, limit=limit, progress=progress)
+
+    def generate(self, prompt: str, **options) -> str:
+        """The finetuned model's answer to one prompt, with the template it was trained with."""
+        from tunesmith.generate import GenerationOptions, as_prompt_record, load_for_inference
+
+        if self._generator is None:
+            self._generator = load_for_inference(str(self._require_run()))
+        rendered = self._generator.render(as_prompt_record(prompt))
+        return self._generator.generate([rendered], GenerationOptions(**options), batch_size=1,
+                                        progress=False)[0].text
+
+    def report(self) -> Path:
+        """Write and return the run's HTML report."""
+        return build_report(str(self._require_run()))
+
+    def _require_run(self) -> Path:
+        from tunesmith.errors import RunError
+
+        if self.run is None:
+            raise RunError("nothing trained yet: call .train() first")
+        return self.run
+
+
+def _with(config: Config, dotted: dict) -> Config:
+    """A copy of a config with `section.key` values set, validated as a whole.
+
+    Raises:
+        ConfigError: an unknown key or an invalid value, named.
+    """
+    from tunesmith.config import TrainingConfig, config_from_dict
+    from tunesmith.errors import ConfigError
+
+    raw = config.model_dump(mode="json")
+    for key, value in dotted.items():
+        section, _, field_name = key.partition(".")
+        if not field_name:
+            raw.setdefault("_unknown", {})[section] = value
+            continue
+        raw.setdefault(section, {})[field_name] = value
+    unknown = raw.pop("_unknown", None)
+    if unknown:
+        valid = ", ".join(sorted(TrainingConfig.model_fields))
+        raise ConfigError([f"unknown setting {k!r}; training settings are {valid}" for k in unknown])
+    return config_from_dict(raw, "Tuner")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tunesmith.config import Config, config_to_yaml, load_config
+from tunesmith.config import Config, config_hash, config_to_yaml, load_config
 from tunesmith.errors import RunError
 
 
@@ -147,9 +147,12 @@ class RunPaths:
 
 
 def default_run_name(config: Config) -> str:
+    """`<data stem>-<method>-<hash of the config>`: the same config always names the same run folder, so
+    `data prepare` then `train` share it, and any change of setting starts a new one."""
     stem = Path(config.data.path).stem if config.data.path else "run"
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "run"
-    return f"{stem}-{config.training.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = config.model_dump(mode="json", exclude={"output"})
+    return f"{stem}-{config.training.method}-{config_hash(settings)[:8]}"
 
 
 def safe_run_name(name: str) -> str:
