@@ -43,7 +43,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_required: bool 
                         help="override a config value, e.g. --set training.learning_rate=2e-5 (repeatable)")
 
 
+def quiet_libraries() -> None:
+    """Keep the terminal for tunesmith's own progress bars and results: library chatter only on errors."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|accelerate)\b.*")
+
+
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("TUNESMITH_DEBUG") != "1":
+        quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
