@@ -381,7 +381,7 @@ def choices_section(results: Sequence[dict]) -> str:
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1400px;padding:1rem 2rem;
 color:#222;background:#fff}
-h1{margin-bottom:.2rem}h2{border-bottom:2px solid #4c72b0;padding-bottom:.2rem;margin-top:2.5rem}
+h1{margin-bottom:.2rem}h2{border-bottom:2px solid #2a4d8f;padding-bottom:.2rem;margin-top:2.5rem}
 nav a{margin-right:1rem}table{border-collapse:collapse;margin:.8rem 0;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top}th{background:#eef2f8}
 table.examples td{max-width:28rem}pre{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:.5rem}
