@@ -342,3 +342,37 @@ def test_best_checkpoint_by_test_loss_becomes_the_model_and_early_stopping_ends_
     assert summary["stopped_early"] and result.steps < 20
     assert summary["best_test_loss"] == min(tests.values())
     assert summary["model_step"] == summary["best_step"] == min(tests, key=tests.get)
+
+
+class TestCli:
+    @pytest.fixture
+    def config_file(self, tmp_path, tiny_model_dir):
+        write_qa(tmp_path / "qa.jsonl")
+        path = tmp_path / "train.yaml"
+        path.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{path: qa.jsonl}}\nsplit: {{test_size: 2}}\n"
+                        f"output: {{runs_dir: {tmp_path / 'runs'}, name: cli}}\n"
+                        f"training: {{max_steps: 2, precision: fp32, save_every_steps: 1}}\n")
+        return path
+
+    def test_trains_and_prints_where_the_model_is_and_the_test_loss(self, config_file, tmp_path, capsys):
+        from tunesmith.cli import main
+
+        assert main(["train", str(config_file)]) == 0
+        out = capsys.readouterr().out
+        assert f"model:      {tmp_path / 'runs' / 'cli' / 'model'}" in out and "test loss:" in out
+        assert main(["train", str(config_file), "--resume", "--set", "training.max_steps=3"]) == 0
+        assert json.loads((tmp_path / "runs" / "cli" / "train_summary.json").read_text())["steps"] == 3
+
+    @pytest.mark.parametrize("overrides,expected", [
+        (["--set", "training.lr_scheduler=sometimes"], "training.lr_scheduler='sometimes'"),
+        (["--set", "training.learning_rat=1e-4"], "unknown key 'training.learning_rat'"),
+        (["--set", "data.path=missing.jsonl"], "data.path='missing.jsonl': no such file"),
+        (["--set", "model.name=no-such-model"], "model 'no-such-model' could not be loaded"),
+        (["--nproc", "0"], "--nproc 0"),
+    ])
+    def test_mistakes_are_one_clear_line_and_a_failing_exit(self, config_file, capsys, overrides, expected):
+        from tunesmith.cli import main
+
+        assert main(["train", str(config_file), *overrides]) == 1
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1 and "Traceback" not in err

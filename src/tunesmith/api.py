@@ -295,14 +295,9 @@ def train_config(config: Config, resume: bool = False) -> tuple[PrepareResult, T
     from tunesmith.train import train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Under accelerate launch / torchrun: one run folder for all processes, prepared once by the first.
+        # Under accelerate launch / torchrun every process runs this; the first prepares, the others reuse it.
         from accelerate import PartialState
-        from accelerate.utils import broadcast_object_list
 
-        from tunesmith.runs import default_run_name
-
-        name = broadcast_object_list([config.output.name or default_run_name(config)], from_process=0)[0]
-        config = config.model_copy(update={"output": config.output.model_copy(update={"name": name})})
         with PartialState().main_process_first():
             prepared = prepare(config)
     else:
@@ -313,7 +308,8 @@ def train_config(config: Config, resume: bool = False) -> tuple[PrepareResult, T
 def train_run(config_path: str, overrides: list[str] | None = None, resume: bool = False) -> TrainResult:
     """`tunesmith train CONFIG`: prepare (or reuse) the data, then train; `resume` continues the latest checkpoint.
 
-    Resuming without `output.name` continues the newest run of this data and method that has a checkpoint.
+    Resuming without `output.name` continues this config's run, else the newest run of the same data and method
+    that has a checkpoint.
 
     Raises:
         ConfigError, DataError, ModelError, RunError, TrainingError: each naming what and where.
@@ -328,17 +324,19 @@ def train_run(config_path: str, overrides: list[str] | None = None, resume: bool
 
 
 def _latest_resumable_run(config: Config) -> str:
-    """Name of the newest run folder made from this config's data and method that holds a checkpoint."""
+    """This config's own run folder when it has a checkpoint, else the newest `<data>-<method>-*` run with one
+    (so `--resume --set training.max_steps=N`, which changes the config, still continues the run)."""
     from tunesmith.errors import RunError
     from tunesmith.runs import default_run_name
 
-    prefix = default_run_name(config).rsplit("-", 2)[0] + "-"
-    runs = sorted((p for p in Path(config.output.runs_dir).glob(f"{prefix}*") if (p / "checkpoints" / "latest").is_file()),
-                  key=lambda p: p.stat().st_mtime)
+    own = default_run_name(config)
+    prefix = own.rsplit("-", 1)[0] + "-"
+    runs = sorted((p for p in Path(config.output.runs_dir).glob(f"{prefix}*")
+                   if (p / "checkpoints" / "latest").is_file()), key=lambda p: (p.name != own, -p.stat().st_mtime))
     if not runs:
-        raise RunError(f"--resume: no run named {prefix}<time> with a checkpoint in {config.output.runs_dir}/; "
+        raise RunError(f"--resume: no run {prefix}* with a checkpoint in {config.output.runs_dir}/; "
                        f"name the run to continue with --set output.name=NAME")
-    return runs[-1].name
+    return runs[0].name
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from tunesmith.config import ModelConfig, TemplateConfig, TrainingConfig, learning_rate
 from tunesmith.errors import TrainingError
-from tunesmith.models import apply_lora, load_model, load_tokenizer, resolve_model_path, resolve_precision
+from tunesmith.models import apply_lora, default_device, load_model, load_tokenizer, resolve_model_path, \
+    resolve_precision
 from tunesmith.packing import collate_packed
 from tunesmith.runs import RunPaths, append_jsonl, atomic_dir, atomic_write_bytes, atomic_write_json, \
     atomic_write_text, read_jsonl
@@ -439,7 +440,8 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
     from tunesmith.prepare import load_prepared
 
     # --- setup: processes, threads, precision, seed
-    accelerator = Accelerator()
+    # Without a GPU accelerate must be told to use the CPU, or it runs a single process (gloo needs cpu=True).
+    accelerator = Accelerator(cpu=default_device().type == "cpu")
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     device = accelerator.device
     if training.num_threads:
