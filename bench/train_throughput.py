@@ -1,0 +1,212 @@
+"""Training throughput: tunesmith vs TRL `SFTTrainer`, same model, data, masking, batch, lr and steps.
+
+    .venv/bin/python bench/train_throughput.py [--data FILE.jsonl] [--steps 8] [--methods full,lora]
+
+Both trainers run in this one process, alternating (tunesmith, TRL, tunesmith, TRL per method), on the
+examples tunesmith prepared (so both see identical token ids and the same response-only masking: TRL gets
+them pre-tokenized with a `completion_mask`). Printed per trainer and method: real (non-padding) tokens/s,
+loss-bearing tokens/s, padding share, peak RSS, test loss after the steps (computed by the same function for
+both), achieved GFLOP/s against the bf16 matmul peak measured in the same run, and tunesmith/TRL ratios.
+
+FLOPs per real token: 6 x parameters for full finetuning; 4 x parameters for LoRA (the frozen base still runs
+forward and backward-through-activations, but computes no weight gradients). Attention's own FLOPs are left
+out, so the figures slightly understate the work done. TRL runs in fp32 (`bf16=False`): on this CPU that is
+its faster setting, so the baseline is TRL at its best, not at its slowest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from tunesmith.config import load_config  # noqa: E402
+from tunesmith.evaluation import response_loss  # noqa: E402
+from tunesmith.models import load_model, load_tokenizer  # noqa: E402
+from tunesmith.prepare import load_prepared, prepare  # noqa: E402
+from tunesmith.train import make_batch, step_examples, train  # noqa: E402
+
+
+class PeakRSS:
+    """Samples this process's resident memory every 20 ms while a trainer runs; `.peak` in bytes."""
+
+    def __init__(self):
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+
+    def __enter__(self):
+        self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def release_memory() -> None:
+    """Free the last trainer's memory and hand it back to the OS, so the next one's peak RSS starts clean."""
+    import ctypes
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
+    """Measured GFLOP/s of a square matmul in `dtype` on this machine, all threads."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
+
+
+def tunesmith_run(config, steps: int) -> dict:
+    """Train `steps` steps with tunesmith's defaults; timing is the training loop's own (model load excluded)."""
+    paths = prepare(config).paths
+    train_set, _, manifest = load_prepared(paths)
+    examples = [{"input_ids": i, "labels": l} for i, l in zip(train_set["input_ids"], train_set["labels"])]
+    max_row = max(manifest["max_length"], max(len(e["input_ids"]) for e in examples))
+    positions = 0
+    for step in range(steps):
+        for part in step_examples(step, len(examples), config.training):
+            batch = make_batch([examples[i] for i in part], config.training.packing, max_row, 0)
+            positions += batch["input_ids"].numel()
+    with PeakRSS() as rss:
+        result = train(paths, config.model, config.training)
+    s = result.summary
+    return {"real_tokens": s["tokens_seen"], "loss_tokens": s["loss_tokens"], "positions": positions,
+            "seconds": s["time_s"], "peak_rss": rss.peak, "model": result.model, "precision": s["precision"]}
+
+
+class CountingCollator:
+    """Wraps TRL's collator to count the real and padded positions it hands the model."""
+
+    def __init__(self, inner):
+        self.inner, self.real, self.positions, self.loss = inner, 0, 0, 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        self.positions += batch["input_ids"].numel()
+        self.real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        self.loss += int((batch["labels"][:, 1:] != -100).sum())
+        return batch
+
+
+def trl_run(config, steps: int, workdir: str) -> dict:
+    """Train `steps` steps with TRL SFTTrainer on the same tokenized examples and masking."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    paths = prepare(config).paths
+    train_set, _, _ = load_prepared(paths)
+    data = Dataset.from_dict({
+        "input_ids": train_set["input_ids"],
+        "completion_mask": [[int(l != -100) for l in labels] for labels in train_set["labels"]],
+    })
+    t = config.training
+    args = SFTConfig(output_dir=workdir, max_steps=steps, per_device_train_batch_size=t.batch_size,
+                     gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+                     lr_scheduler_type="linear", warmup_steps=0, weight_decay=t.weight_decay,
+                     max_grad_norm=t.max_grad_norm, seed=t.seed, bf16=False, fp16=False, use_cpu=True,
+                     logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[],
+                     max_length=config.tokenization.max_length, completion_only_loss=True,
+                     dataloader_num_workers=0, disable_tqdm=True)
+    model = load_model(config.model, dtype=torch.float32)
+    peft_config = None
+    if t.method == "lora":
+        peft_config = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=load_tokenizer(config.model),
+                         peft_config=peft_config)
+    trainer.data_collator = counter = CountingCollator(trainer.data_collator)
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return {"real_tokens": counter.real, "loss_tokens": counter.loss, "positions": counter.positions,
+            "seconds": seconds, "peak_rss": rss.peak, "model": trainer.model, "precision": "fp32"}
+
+
+def report_line(name: str, r: dict, flops_per_token: float, peak_bf16: float) -> str:
+    gflops = flops_per_token * r["real_tokens"] / r["seconds"] / 1e9
+    return (f"{name:<10} {r['real_tokens'] / r['seconds']:>9.1f} {r['loss_tokens'] / r['seconds']:>9.1f} "
+            f"{1 - r['real_tokens'] / r['positions']:>8.1%} {r['peak_rss'] / 2**30:>8.2f} {r['test_loss']:>9.4f} "
+            f"{gflops:>8.1f} {gflops / peak_bf16:>8.1%} {r['precision']:>6}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT / "examples" / "larkspur_support.jsonl"),
+                        help="any JSONL in a shape tunesmith reads (default: the shipped example)")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--methods", default="full,lora")
+    parser.add_argument("--rounds", type=int, default=1, help="alternations of tunesmith and TRL per method")
+    args = parser.parse_args()
+
+    peak_bf16, peak_fp32 = matmul_peak_gflops(torch.bfloat16), matmul_peak_gflops(torch.float32)
+    print(f"matmul peak on this machine: bf16 {peak_bf16:.0f} GFLOP/s, fp32 {peak_fp32:.0f} GFLOP/s, "
+          f"{torch.get_num_threads()} threads")
+    workdir = tempfile.mkdtemp(prefix="tunesmith-bench-")
+    os.environ.setdefault("TUNESMITH_HOME", str(Path.home() / ".cache" / "tunesmith"))
+    for method in args.methods.split(","):
+        lr = 2e-5 if method == "full" else 2e-4
+        config = load_config(None, [
+            f"model.name={args.model}", f"data.path={args.data}", f"training.method={method}",
+            f"training.max_steps={args.steps}", f"training.batch_size={args.batch_size}",
+            f"training.learning_rate={lr}", "training.lr_scheduler=linear", "training.warmup_steps=0",
+            f"tokenization.max_length={args.max_length}", "split.test_size=40",
+            f"output.runs_dir={workdir}", f"output.name=bench-{method}"])
+        params = sum(p.numel() for p in load_model(config.model).parameters())
+        flops_per_token = (6 if method == "full" else 4) * params
+        results: dict[str, list[dict]] = {"tunesmith": [], "trl": []}
+        for _ in range(args.rounds):
+            for name in ("tunesmith", "trl"):
+                run = tunesmith_run(config, args.steps) if name == "tunesmith" else \
+                    trl_run(config, args.steps, f"{workdir}/trl-{method}")
+                _, test_set, _ = load_prepared(prepare(config).paths)
+                examples = [{"input_ids": i, "labels": l} for i, l in zip(test_set["input_ids"], test_set["labels"])]
+                run["model"].eval()
+                run["test_loss"] = response_loss(run.pop("model"), examples, 0, progress=False)["loss"]
+                results[name].append(run)
+                release_memory()
+        best = {name: max(runs, key=lambda r: r["real_tokens"] / r["seconds"]) for name, runs in results.items()}
+        print(f"\n== {method} finetuning, {args.steps} steps, batch {args.batch_size}, max_length {args.max_length}, "
+              f"{params / 1e6:.0f}M parameters, {flops_per_token / params:.0f} FLOPs/param/token")
+        print(f"{'trainer':<10} {'real t/s':>9} {'loss t/s':>9} {'padding':>8} {'RSS GiB':>8} {'test loss':>9} "
+              f"{'GFLOP/s':>8} {'of bf16':>8} {'prec':>6}")
+        for name, run in best.items():
+            print(report_line(name, run, flops_per_token, peak_bf16))
+        ts, trl = best["tunesmith"], best["trl"]
+        print(f"tunesmith/TRL: real tokens/s x{(ts['real_tokens'] / ts['seconds']) / (trl['real_tokens'] / trl['seconds']):.2f}, "
+              f"peak RSS x{ts['peak_rss'] / trl['peak_rss']:.2f}, "
+              f"test loss {ts['test_loss'] / trl['test_loss'] - 1:+.2%}")
+
+
+if __name__ == "__main__":
+    main()
