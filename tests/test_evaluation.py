@@ -210,3 +210,21 @@ def test_evaluate_run_writes_metrics_and_predictions(trained_run):
 def test_plain_model_needs_a_data_file(tiny_model_dir):
     with pytest.raises(RunError, match="--data"):
         ev.evaluate(str(tiny_model_dir), ["model"], EvalConfig())
+
+
+def test_response_loss_runs_the_head_on_answer_tokens_only_in_chunks(tiny_model_dir, tokenizer, capsys):
+    """The output head never sees prompt positions and at most `chunk_tokens` rows at once (no big logits)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.tokenization import IGNORE_INDEX, encode_record
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    examples = [encode_record(r, tokenizer, TemplateConfig(), TokenizationConfig(), 512) for r in _records(6)]
+    rows_seen = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: rows_seen.append(args[0].shape))
+    result = ev.response_loss(model, examples, tokenizer.pad_token_id, batch_size=4, chunk_tokens=8, progress=True)
+    assert all(len(shape) == 2 and shape[0] <= 8 for shape in rows_seen)
+    answer_tokens = sum(sum(label != IGNORE_INDEX for label in e["labels"][1:]) for e in examples)
+    assert sum(shape[0] for shape in rows_seen) == answer_tokens == result["tokens"]
+    assert "test loss" in capsys.readouterr().err  # the progress bar
