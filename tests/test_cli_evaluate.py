@@ -85,7 +85,8 @@ def test_eval_mistakes_are_one_line_errors(tiny_model_dir, capsys, extra, messag
 
 def test_multiple_choice_result_formatting():
     result = {"n": 4, "source": "arc.jsonl", "models": {
-        "finetuned": {"acc": {"mean": 0.75, "low": 0.5, "high": 1.0}, "acc_norm": {"mean": 0.5, "low": 0.0, "high": 1.0}},
+        "finetuned": {"acc": {"mean": 0.75, "low": 0.5, "high": 1.0},
+                      "acc_norm": {"mean": 0.5, "low": 0.0, "high": 1.0}},
         "base": {"acc": {"mean": 0.25, "low": 0.0, "high": 0.75}, "acc_norm": {"mean": 0.25, "low": 0.0, "high": 0.5}}}}
     lines = format_metrics(result).splitlines()
     assert lines[0] == "4 questions from arc.jsonl"

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Sequence
 
 METRICS = ("exact_match", "exact_match_normalized", "token_f1", "rouge_l", "bleu", "chrf")
 """Per-example generation metrics, in the order tables show them."""
@@ -303,8 +303,8 @@ def _choice_columns(choices) -> tuple[list[str], list[str]] | None:
         texts, labels = choices, []
     else:
         return None
-    if len(texts) < 2 or not all(isinstance(t, str) for t in texts):
-        return None
+    if len(texts) < 2 or not all(isinstance(t, str) and t for t in texts):
+        return None  # an empty choice has no length to normalize acc_norm by
     if len(labels) != len(texts):
         labels = [chr(ord("A") + i) for i in range(len(texts))]
     return list(texts), [str(label) for label in labels]
@@ -342,8 +342,8 @@ def parse_choice_item(data: dict, file: str = "", line: int = 0) -> ChoiceItem:
                         field="question")
     columns = _choice_columns(choices)
     if columns is None:
-        raise DataError("expected at least two choices: a list of strings or of {text, label}", file=file,
-                        line=line, field="choices")
+        raise DataError("expected at least two non-empty choices: a list of strings or of {text, label}",
+                        file=file, line=line, field="choices")
     texts, labels = columns
     key = "answer" if "answer" in data else "answerKey"
     answer = _answer_index(data.get(key), texts, labels)
@@ -594,7 +594,8 @@ def evaluate_models(target: str, labels: Sequence[str], eval_set_for, eval_confi
         del generator
         gc.collect()
     metrics = {
-        "target": str(target), "source": eval_set.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n": len(rows), "n_loss": len(eval_set.examples),
+        "target": str(target), "source": eval_set.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "n": len(rows), "n_loss": len(eval_set.examples),
         "scale": "metrics are 0-100; error shares are fractions 0-1",
         "normalization": "exact_match_normalized and token_f1 use SQuAD v1.1 normalization: lowercase, drop "
                          "punctuation and the articles a/an/the, collapse whitespace",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+
 def register(subparsers) -> None:
     evaluate = subparsers.add_parser(
         "eval", help="test loss, generation metrics and error shares of a run (base vs finetuned) or a model",
