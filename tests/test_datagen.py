@@ -401,13 +401,13 @@ class TestSelfInstructLive:
                 "--concurrency", "2", "--backoff", "0.01", "--no-progress"]
         with fake_teacher("good", delay=0.25) as server:
             argv += ["--teacher-url", server.url]
-            process = _start_cli("main_self_instruct", argv)
+            process = _start_cli("self-instruct", argv)
             _kill_when(process, lambda: out.is_file() and len(out.read_bytes().splitlines()) >= 3)
             with open(out, "ab") as f:  # and a write torn half-way, as a crash in the middle of a line leaves
                 f.write(b'{"instruction": "Half a rec')
             before = out.read_bytes().rsplit(b"\n", 1)[0].splitlines()
             assert 3 <= len(before) < 24
-            rerun = _start_cli("main_self_instruct", argv)
+            rerun = _start_cli("self-instruct", argv)
             assert rerun.wait(timeout=60) == 0, rerun.stderr.read()
         records = read_lines(out)
         assert len(records) == 24
@@ -415,6 +415,31 @@ class TestSelfInstructLive:
         assert len({r["instruction"] for r in records}) == 24
         summary = json.loads(datagen.summary_path(out).read_text())
         assert summary["existing"] == len(before) and summary["total"] == 24
+
+
+    def test_ctrl_c_keeps_what_was_written_and_says_so(self, tmp_path):
+        out = tmp_path / "gen.jsonl"
+        with fake_teacher("good", delay=0.25) as server:
+            process = _start_cli("self-instruct", ["--seeds", str(SEEDS), "-n", "40", "--out", str(out),
+                                                   "--tasks-per-request", "2", "--teacher-url", server.url,
+                                                   "--no-progress"])
+            _kill_when(process, lambda: out.is_file() and out.stat().st_size > 0, sig=signal.SIGINT)
+            assert process.wait(timeout=30) == 130
+            assert process.stderr.read().strip().splitlines()[-1] == "interrupted"
+        records = read_lines(out)
+        summary = json.loads(datagen.summary_path(out).read_text())
+        assert summary["stopped"].startswith("interrupted") and summary["total"] == len(records) >= 1
+
+
+class TestLocalTeacher:
+    def test_in_process_model_as_teacher(self, tiny_model_dir, tmp_path):
+        out = tmp_path / "gen.jsonl"
+        teacher = TeacherConfig(local=str(tiny_model_dir), concurrency=2, max_tokens=8)
+        summary = api.generate_self_instruct(str(SEEDS), str(out), teacher,
+                                             SelfInstructConfig(num_examples=5, max_requests=2), progress=False)
+        assert summary.teacher == f"local:{tiny_model_dir}" and summary.requests == 2
+        assert summary.prompt_tokens > 200 and 0 < summary.completion_tokens <= 16
+        assert summary.dropped["malformed"] == 2 and summary.failed_requests == 0  # a random model's gibberish
 
 
 class TestFromDocsLive:
@@ -472,12 +497,12 @@ class TestFromDocsLive:
                 "--backoff", "0.01", "--no-progress"]
         with fake_teacher("good", delay=0.25) as server:
             argv += ["--teacher-url", server.url]
-            process = _start_cli("main_from_docs", argv)
+            process = _start_cli("from-docs", argv)
             _kill_when(process, lambda: out.is_file() and len(out.read_bytes().splitlines()) >= 2)
             # also cut the last chunk's group short, as a kill between two of its lines would
             lines = out.read_bytes().rsplit(b"\n", 1)[0].splitlines()
             out.write_bytes(b"\n".join(lines[:-1]) + b"\n" + b'{"question": "torn')
-            rerun = _start_cli("main_from_docs", argv)
+            rerun = _start_cli("from-docs", argv)
             assert rerun.wait(timeout=60) == 0, rerun.stderr.read()
         records = read_lines(out)
         chunk_ids = [c.id for c in datagen.collect_chunks(docs, 32)]
@@ -489,20 +514,21 @@ class TestFromDocsLive:
             assert [r["provenance"]["pair"] for r in records if r["chunk_id"] == chunk_id] == [1, 2, 3]
 
 
-def _start_cli(function: str, argv: list[str]) -> subprocess.Popen:
-    code = f"import sys; from tunesmith.cli.generate_data import {function}; sys.exit({function}(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
+def _start_cli(target: str, argv: list[str]) -> subprocess.Popen:
+    """`tunesmith generate TARGET ...` as its own process, the way a user runs it."""
+    return subprocess.Popen([sys.executable, "-m", "tunesmith", "generate", target, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
-def _kill_when(process: subprocess.Popen, ready, timeout_s: float = 60) -> None:
+def _kill_when(process: subprocess.Popen, ready, timeout_s: float = 60, sig: int = signal.SIGKILL) -> None:
     deadline = time.monotonic() + timeout_s
     while not ready():
         assert process.poll() is None, f"generator ended before it could be killed: {process.stderr.read()}"
         assert time.monotonic() < deadline, "generator wrote nothing in time"
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=10) == -signal.SIGKILL
+    process.send_signal(sig)
+    if sig == signal.SIGKILL:
+        assert process.wait(timeout=10) == -signal.SIGKILL
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -581,16 +607,19 @@ def tunesmith_serve(tiny_model_dir):
 
 def test_both_generators_with_tunesmith_serve_as_teacher(tunesmith_serve, tmp_path):
     """The tiny random model writes gibberish: every answer is counted as malformed, none crashes the run."""
-    teacher = TeacherConfig(url=tunesmith_serve, concurrency=2, max_retries=1, timeout_s=60, max_tokens=24)
+    teacher = TeacherConfig(url=tunesmith_serve, concurrency=2, max_retries=1, timeout_s=60, max_tokens=8)
     out = tmp_path / "gen.jsonl"
     summary = api.generate_self_instruct(str(SEEDS), str(out), teacher,
-                                         SelfInstructConfig(num_examples=10, max_requests=2), progress=False)
-    assert summary.requests == 2 and summary.failed_requests == 0
-    assert summary.prompt_tokens > 100 and 0 < summary.completion_tokens <= 2 * 24
-    assert summary.dropped["malformed"] + summary.kept >= 1 and summary.stopped.startswith("max_requests=2")
-    assert json.loads(datagen.summary_path(out).read_text())["requests"] == 2
-    qa = tmp_path / "qa.jsonl"
-    summary = api.generate_qa_from_docs(str(DOCS / "library_faq.html"), str(qa), teacher,
+                                         SelfInstructConfig(num_examples=10, max_requests=1), progress=False)
+    assert summary.requests == 1 and summary.failed_requests == 0 and summary.kept == 0
+    assert summary.teacher.endswith(f"@ {tunesmith_serve}/chat/completions")  # model name read from /v1/models
+    assert summary.prompt_tokens > 100 and 0 < summary.completion_tokens <= 8
+    assert summary.dropped["malformed"] == 1 and summary.stopped == "max_requests=1 reached before 10 examples"
+    assert json.loads(datagen.summary_path(out).read_text())["requests"] == 1
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "note.txt").write_text("The library opens at nine and closes at eight on weekdays.")
+    summary = api.generate_qa_from_docs(str(docs), str(tmp_path / "qa.jsonl"), teacher,
                                         FromDocsConfig(per_chunk=1, grade=True), progress=False)
-    assert summary.requests >= len(datagen.collect_chunks(DOCS / "library_faq.html", 512))
-    assert summary.failed_requests == 0 and summary.prompt_tokens > 0
+    assert summary.requests == 1 and summary.dropped["malformed"] == 1 and summary.kept == 0
+    assert summary.details["chunks_failed"] == 0 and summary.prompt_tokens > 0

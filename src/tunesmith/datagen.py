@@ -19,7 +19,6 @@ import os
 import random
 import re
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -140,6 +139,7 @@ class HttpTeacher:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(headers=headers, timeout=config.timeout_s,
                                     limits=httpx.Limits(max_connections=config.concurrency))
+        self._stop = threading.Event()
         self.model = config.model or self._first_model()
         self.name = f"{self.model} @ {_public_url(self.endpoint)}"
 
@@ -173,8 +173,8 @@ class HttpTeacher:
         reason, retry_after = "", None
         attempts = self.config.max_retries + 1
         for attempt in range(1, attempts + 1):
-            if attempt > 1:
-                time.sleep(backoff_delay(attempt - 1, self.config.backoff_s, retry_after))
+            if attempt > 1 and self._stop.wait(backoff_delay(attempt - 1, self.config.backoff_s, retry_after)):
+                return TeacherFailure("stopped", attempt - 1)
             retry_after = None
             try:
                 response = self._client.post(self.endpoint, json=body)
@@ -205,12 +205,17 @@ class HttpTeacher:
 
     def complete_many(self, prompts: Sequence[str]) -> Iterator[tuple[int, TeacherReply | TeacherFailure]]:
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="teacher")
+        finished = False
         try:
             futures = {pool.submit(self.complete, p): i for i, p in enumerate(prompts)}
             for future in as_completed(futures):
                 yield futures[future], future.result()
+            finished = True
         finally:
-            # On Ctrl-C or a fatal answer, requests not yet sent are dropped instead of waited for.
+            if not finished:
+                # Ctrl-C or a fatal answer: requests not yet sent are dropped and none is retried, so the
+                # process ends once the requests in flight return (at most timeout_s).
+                self._stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
@@ -798,6 +803,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _save_summary(summary: DatagenSummary, out: Path) -> None:
+    """Write `<out>.summary.json`; `kept` is recounted from the file, exact even after a Ctrl-C mid-write."""
+    if out.is_file():
+        summary.kept = out.read_bytes().count(b"\n") - summary.existing
+    atomic_write_json(summary_path(out), summary.as_dict())
+
+
 def _give_up_after(teacher: Teacher) -> int:
     """Failed requests in a row that mean the teacher is down, not unlucky: stop instead of burning time."""
     return max(4, 2 * teacher.concurrency)
@@ -970,7 +982,7 @@ def self_instruct(seeds: str | Path, out: str | Path, teacher: Teacher, options:
         raise
     finally:
         bar.close()
-        atomic_write_json(summary_path(out), summary.as_dict())
+        _save_summary(summary, out)
     return summary
 
 
@@ -1042,8 +1054,8 @@ def qa_from_docs(docs: str | Path, out: str | Path, teacher: Teacher, options: F
                  progress: bool = True) -> DatagenSummary:
     """Question/answer pairs for every chunk of the documents under `docs`, appended to `out` (qa JSONL).
 
-    Chunks already in `out` are skipped, so a rerun asks only for what is missing (including chunks whose
-    requests failed). Questions near-duplicating a kept one (ROUGE-L) are dropped; with `options.grade` a
+    Chunks already in `out` are skipped, so a rerun asks only for what is missing (chunks whose requests
+    failed or gave no usable pair are asked again). Questions near-duplicating a kept one (ROUGE-L) are dropped; with `options.grade` a
     second request per chunk asks the teacher which pairs the chunk supports, and only those are kept.
 
     Output line: `{"question", "answer", "source", "chunk_id", "provenance": {"teacher", "created", "pair",
@@ -1129,7 +1141,7 @@ def qa_from_docs(docs: str | Path, out: str | Path, teacher: Teacher, options: F
         raise
     finally:
         bar.close()
-        atomic_write_json(summary_path(out), summary.as_dict())
+        _save_summary(summary, out)
     return summary
 
 
