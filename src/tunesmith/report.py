@@ -257,7 +257,7 @@ def config_section(config: dict) -> str:
     if not config:
         return section("config", "Configuration", NOT_COMPUTED)
     text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-    return section("config", "Configuration", f"<pre>{esc(text)}</pre>")
+    return section("config", "Configuration", f'<pre class="config">{esc(text)}</pre>')
 
 
 def data_section(stats: dict | None, manifest: dict | None, lengths: Sequence[int]) -> str:
@@ -291,7 +291,7 @@ def training_section(metrics: Sequence[dict], summary: dict | None) -> str:
     if summary:
         keys = ["method", "steps", "epochs", "learning_rate", "precision", "time_s", "tokens_per_s",
                 "final_train_loss", "final_test_loss", "best_test_loss", "best_step", "stopped_early"]
-        parts.append(table(keys, [[fmt(summary.get(k), 4) for k in keys]]))
+        parts.append(table(["train_summary.json", ""], [[k, fmt(summary[k], 4)] for k in keys if k in summary]))
     chart = loss_chart(metrics)
     if chart:
         parts.append("<h3>Loss curves</h3>" + image(chart, "train and test loss"))
@@ -313,9 +313,10 @@ def metrics_section(eval_metrics: dict | None) -> str:
     rows += [[METRIC_LABELS[n]] + [interval(models[m].get("metrics", {}).get(n, {})) for m in labels]
              for n in METRIC_LABELS]
     rows += [[f"corpus {k}"] + [fmt(models[m].get("corpus", {}).get(k)) for m in labels] for k in ("bleu", "chrf")]
+    normalization = eval_metrics.get("normalization")
     note = (f'<p class="note">{esc(eval_metrics.get("n"))} test examples from {esc(eval_metrics.get("source"))}. '
-            f'Means over examples on a 0-100 scale with bootstrap 95% intervals in brackets. '
-            f'{esc(eval_metrics.get("normalization", ""))}.</p>')
+            f'Means over examples on a 0-100 scale with bootstrap 95% intervals in brackets.'
+            f'{f" {esc(normalization)}." if normalization else ""}</p>')
     chart = metric_charts(models)
     body = note + table(["metric"] + labels, rows, "metrics") + (image(chart, "bar chart per metric") if chart else "")
     return section("metrics", "Metrics: base vs finetuned", body)
@@ -327,7 +328,8 @@ def errors_section(eval_metrics: dict | None) -> str:
         return section("errors", "Error categories", NOT_COMPUTED)
     labels = ordered_models(models)
     names = {"empty": "empty answer", "length": "hit max_new_tokens without ending",
-             "repetitive": f"repetitive ({eval_metrics.get('repetitive', '')})"}
+             "repetitive": f"repetitive ({eval_metrics['repetitive']})" if eval_metrics.get("repetitive")
+             else "repetitive"}
     rows = [[names.get(c, c)] + [f"{100 * models[m].get('errors', {}).get(c, 0.0):.1f}%" for m in labels]
             for c in names]
     chart = error_chart(models)
@@ -388,7 +390,7 @@ table.examples td{max-width:28rem}pre{white-space:pre-wrap;word-break:break-word
 pre.prompt{max-height:10rem;overflow:auto;font-size:.8rem;margin:0}.text{white-space:pre-wrap}
 ins{background:#d4f7d4;text-decoration:none}del{background:#fbd5d5}.ci{color:#666;font-size:.85em}
 .score{color:#666;font-size:.8em;margin-top:.3rem}.missing{color:#999;font-style:italic}.note{color:#555}
-img{max-width:100%;display:block;margin:.5rem 0}
+img{max-width:100%;display:block;margin:.5rem 0}pre.config{columns:3 22rem;font-size:.85rem}
 """
 
 
