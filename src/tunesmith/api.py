@@ -296,9 +296,9 @@ def train_config(config: Config, resume: bool = False) -> tuple[PrepareResult, T
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under accelerate launch / torchrun every process runs this; the first prepares, the others reuse it.
-        from accelerate import PartialState
+        from tunesmith.train import process_state
 
-        with PartialState().main_process_first():
+        with process_state().main_process_first():
             prepared = prepare(config)
     else:
         prepared = prepare(config)

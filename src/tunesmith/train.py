@@ -236,6 +236,21 @@ def _load_4bit(model_cfg: ModelConfig):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
+def uses_cpu() -> bool:
+    """Without a GPU accelerate must be told so, or under torchrun it runs each process alone instead of gloo.
+
+    Every accelerate state in a process must agree on this (the first one made wins), so all use this function.
+    """
+    return default_device().type == "cpu"
+
+
+def process_state():
+    """accelerate's view of the processes of this run (rank, world size, main process)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=uses_cpu())
+
+
 def autocast_for(precision: str, device: torch.device):
     """bf16/fp16 autocast around forward passes (weights stay fp32), or nothing for fp32."""
     if precision == "fp32":
@@ -440,8 +455,7 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
     from tunesmith.prepare import load_prepared
 
     # --- setup: processes, threads, precision, seed
-    # Without a GPU accelerate must be told to use the CPU, or it runs a single process (gloo needs cpu=True).
-    accelerator = Accelerator(cpu=default_device().type == "cpu")
+    accelerator = Accelerator(cpu=uses_cpu())
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     device = accelerator.device
     if training.num_threads:
