@@ -264,6 +264,12 @@ class TestTeacherHelpers:
             TeacherConfig()
         with pytest.raises(ValueError, match="exactly one teacher"):
             TeacherConfig(url="http://127.0.0.1:1", local="x")
+        with pytest.raises(ValueError, match="expected http://HOST"):
+            TeacherConfig(url="localhost:8000")
+
+    def test_provenance_never_shows_credentials_in_the_url(self):
+        assert datagen._public_url("http://user:secret@h:1/v1") == "http://h:1/v1"
+        assert datagen._public_url("http://[::1]:8000/v1") == "http://[::1]:8000/v1"
 
 
 # ------------------------------------------------------------------------------------------------ live teachers

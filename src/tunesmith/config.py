@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -204,6 +205,8 @@ class TeacherConfig(Section):
         if bool(self.url) == bool(self.local):
             raise ValueError("give exactly one teacher: an endpoint URL (--teacher-url) or a local model "
                              "(--teacher-local)")
+        if self.url and not re.match(r"https?://[^/:]+", self.url):
+            raise ValueError(f"teacher.url={self.url!r}: expected http://HOST[:PORT][/v1] or https://...")
         return self
 
 

@@ -91,7 +91,8 @@ def chat_completions_url(url: str) -> str:
 def _public_url(url: str) -> str:
     """The URL without any user:password part, fit for provenance and messages."""
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def backoff_delay(retry: int, base_s: float, retry_after: str | None = None) -> float:
@@ -635,7 +636,7 @@ def split_chunks(text: str, max_tokens: int) -> list[str]:
             current.append(block)
             heading = block
             continue
-        for piece in _pieces(block, max_chars - len(heading) - 2):
+        for piece in _pieces(block, max(max_chars // 2, max_chars - len(heading) - 2)):
             if has_body and sum(len(c) + 2 for c in current) + len(piece) > max_chars:
                 chunks.append("\n\n".join(current))
                 current = [heading] if heading else []
