@@ -792,6 +792,7 @@ class DatagenSummary:
                  f"  stopped: {self.stopped}"]
         if self.last_failure:
             lines.append(f"  last failure: {self.last_failure}")
+        lines.append(f"  summary: {summary_path(self.out)}")
         return "\n".join(lines)
 
 

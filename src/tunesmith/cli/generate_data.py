@@ -27,7 +27,7 @@ def run(target: str, argv: list[str]) -> int:
 def _help(section: type[Section], key: str) -> str:
     """A flag's help: the config field's docstring and its default, so both live only in config.py."""
     info = section.model_fields[key]
-    return f"{info.description} (default: {info.default})"
+    return info.description if info.default is None else f"{info.description.rstrip('.')} (default: {info.default})"
 
 
 def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
