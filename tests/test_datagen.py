@@ -214,6 +214,9 @@ class TestSeeds:
                         + json.dumps({"instruction": "bad", "instances": []}) + "\n")
         with pytest.raises(DataError, match=r"seeds.jsonl:2: instances"):
             datagen.load_seed_tasks(path)
+        path.write_text(json.dumps({"instruction": "ok", "instances": [{"input": "", "output": "x"}]}) + "\n{oops\n")
+        with pytest.raises(DataError, match=r"seeds.jsonl:2: invalid JSON"):
+            datagen.load_seed_tasks(path)
 
 
 class TestResume:

@@ -839,7 +839,10 @@ def load_seed_tasks(path: str | Path) -> list[Task]:
 
     path = Path(path)
     rows = read_rows(path)
-    if rows and all(r.data is not None and "instances" in r.data for r in rows):
+    if any(r.data is not None and "instances" in r.data for r in rows):
+        problems = [r.problem for r in rows if r.problem is not None]
+        if problems:
+            raise DataError(problems)
         return [_stanford_task(r.data, r.file, r.line) for r in rows]
     tasks = []
     for record in load_records(path, DataConfig(path=str(path))).records:
