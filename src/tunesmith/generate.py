@@ -222,6 +222,7 @@ class GenerationStream:
         self._cancel = threading.Event()
         self._error: BaseException | None = None
         self._output = None
+        self._finished = False
         self._stop_ids = end_token_ids(tokenizer)
         self._input_ids, attention_mask = _encode(tokenizer, [prompt], model.device)
         self._streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -251,6 +252,7 @@ class GenerationStream:
                 yield shown
             if scanner.done:
                 self.close()
+        self._finished = True
         tail = scanner.flush()
         if tail:
             yield tail
@@ -268,9 +270,9 @@ class GenerationStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
-        # drain so the generating thread is never blocked on a full queue
-        for _ in self._streamer:
-            pass
+        if not self._finished:  # the reader left early: let the streamer reach its end marker
+            for _ in self._streamer:
+                pass
         self._thread.join()
 
 
