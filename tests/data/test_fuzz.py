@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tunesmith.config import DataConfig
 from tunesmith.data import check_record, columns_for, load_records
 from tunesmith.data.load import read_rows
-from tunesmith.data.records import Record
+from tunesmith.data.records import Record, record_to_dict
 from tunesmith.data.shapes import CONVERTERS, convert
 from tunesmith.data.validate import LoadedData
 from tunesmith.errors import DataError
@@ -26,7 +26,11 @@ KEYS = ["instruction", "input", "output", "question", "answer", "prompt", "compl
         "conversations", "text", "system", "role", "content", "from", "value", "data"]
 ROLES = ["user", "assistant", "system", "human", "gpt", "tool", "", "USER"]
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30),
+# Any code point, lone surrogates included (legal in JSON as escapes, never valid text), and the usual suspects.
+any_text = st.one_of(st.text(max_size=30), st.text(st.characters(exclude_categories=()), max_size=30),
+                     st.text(st.sampled_from(["\ud800", "\udce9", "\x00", "\ufeff", "\r", "\n", "é", "😀", " "]),
+                             max_size=6))
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), any_text,
                     st.sampled_from(ROLES))
 keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=8))
 turn = st.dictionaries(st.sampled_from(["role", "content", "from", "value", "name"]),
@@ -35,7 +39,16 @@ values = st.recursive(st.one_of(scalars, st.lists(turn, max_size=4)),
                       lambda inner: st.one_of(st.lists(inner, max_size=4),
                                               st.dictionaries(keys, inner, max_size=4)),
                       max_leaves=12)
-rows = st.dictionaries(keys, values, max_size=6)
+shaped = st.one_of(
+    st.fixed_dictionaries({"instruction": any_text, "output": any_text}, optional={"input": values}),
+    st.fixed_dictionaries({"question": any_text, "answer": values}),
+    st.fixed_dictionaries({"messages": st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(ROLES), "content": any_text}), max_size=4)}),
+    st.fixed_dictionaries({"conversations": st.lists(st.fixed_dictionaries(
+        {"from": st.sampled_from(ROLES), "value": any_text}), max_size=4)}),
+    st.fixed_dictionaries({"text": any_text}))
+"""Rows close to a real shape, so conversion gets past the first missing key."""
+rows = st.one_of(shaped, st.dictionaries(keys, values, max_size=6))
 
 
 @st.composite
@@ -102,6 +115,9 @@ def _check_load(suffix: str, data: bytes, config: DataConfig) -> None:
             return
         assert isinstance(loaded, LoadedData) and loaded.records
         assert all(isinstance(r, Record) and r.file == str(path) and r.line >= 1 for r in loaded.records)
+        # Every record can be saved as UTF-8 (prepared splits) and so tokenized.
+        for record in loaded.records:
+            json.dumps(record_to_dict(record), ensure_ascii=False).encode("utf-8")
         assert config.on_error == "skip" or not loaded.skipped
 
 
@@ -113,10 +129,11 @@ def _check_convert(row: dict, shape: str, config: DataConfig) -> None:
         assert (problem.file, problem.line) == ("f.jsonl", 3) and problem.message
         return
     assert record.shape == shape and record.where == "f.jsonl:3"
+    json.dumps(record_to_dict(record), ensure_ascii=False).encode("utf-8")
     assert all(p.line == 3 for p in check_record(record))
 
 
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tunesmith.config import DataConfig
@@ -55,6 +57,10 @@ class TestToPair:
     def test_bad_fields_name_field_and_expectation(self, row, field, message):
         problem = _problem(row, "alpaca")
         assert problem.field == field and message in problem.message and "string" in problem.message
+
+    def test_unpaired_surrogate_from_a_json_escape_is_a_problem(self):
+        problem = _problem(json.loads('{"instruction": "x", "output": "bad \\ud800 text"}'), "alpaca")
+        assert problem.field == "output" and "\\ud800 at character 5" in problem.message
 
     def test_input_does_not_mutate_the_row(self):
         row = {"instruction": "x", "output": "y"}

@@ -14,6 +14,7 @@ import bisect
 import csv
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,10 @@ def read_rows(path: str | Path, max_record_bytes: int = 1_000_000) -> list[RawRo
     if reader is None:
         kinds = ", ".join(READERS) + ", or a folder saved by datasets"
         raise DataError(f"unsupported data format {path.suffix or '(no extension)'!r}; use {kinds}", file=file)
-    return list(reader(path, max_record_bytes))
+    try:
+        return list(reader(path, max_record_bytes))
+    except OSError as e:
+        raise DataError(f"cannot read the file: {e.strerror or e}", file=file) from None
 
 
 def _problem(file: str, line: int, message: str) -> RawRow:
@@ -133,16 +137,18 @@ def _decode_whole(path: Path) -> str:
     return text[1:] if text.startswith(BOM) else text
 
 
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
 def _bad_utf8_column(text: str) -> int | None:
     """1-based column of the first undecodable byte (a surrogate from `surrogateescape`), if any."""
-    for i, ch in enumerate(text):
-        if "\udc80" <= ch <= "\udcff":
-            return i + 1
-    return None
+    match = _UNDECODABLE.search(text)
+    return None if match is None else match.start() + 1
 
 
 def _line_finder(text: str) -> Callable[[int], int]:
-    starts = [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    """Position in `text` -> 1-based line number."""
+    starts = [m.end() for m in re.finditer("\n", text)]
     return lambda pos: bisect.bisect_right(starts, pos) + 1
 
 

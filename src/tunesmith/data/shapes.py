@@ -8,6 +8,7 @@ type, unknown role); content checks (empty answer, no assistant turn) live in `v
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -81,6 +82,9 @@ def _describe(value: Any) -> str:
     return f"{kind} {text}" if kind not in ("a list", "an object", "null") else kind
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _string(row: dict, key: str, file: str, line: int, field: str | None = None) -> str:
     """The string at `row[key]`; a missing or non-string value is a DataError naming the field."""
     if key not in row or row[key] is None:
@@ -88,6 +92,11 @@ def _string(row: dict, key: str, file: str, line: int, field: str | None = None)
     value = row[key]
     if not isinstance(value, str):
         raise DataError(f"expected a string, got {_describe(value)}", file=file, line=line, field=field or key)
+    bad = _SURROGATE.search(value)
+    if bad:
+        # Legal as a JSON escape ("\ud800") but not Unicode text: it could not be tokenized or saved as UTF-8.
+        raise DataError(f"not valid Unicode text: unpaired surrogate \\u{ord(bad.group(0)):04x} at character "
+                        f"{bad.start() + 1}", file=file, line=line, field=field or key)
     return value
 
 
