@@ -10,7 +10,8 @@ Modes:
 - garbage: a valid chat completion whose text is nonsense;
 - error500: HTTP 500 every time; flaky: 500 then 429 (Retry-After: 0) then good, in turn;
 - badbody: HTTP 200 whose body is not JSON; unauthorized: HTTP 401;
-- slow: like good, after sleeping --delay seconds (also used with good-mode answers to slow a run down).
+- slow: like good, after sleeping --delay seconds (also used with good-mode answers to slow a run down);
+- cutoff: a good self-instruct answer cut off inside its last task's output, finish_reason "length".
 GET /stats returns {"requests": N} (chat requests received); GET /v1/models lists one model.
 Only binds 127.0.0.1. Standard library only, so it starts in a fraction of a second.
 """
@@ -62,7 +63,8 @@ def self_instruct_answer(state: State, prompt: str) -> str:
     items.append((f"Draw a picture of the {state.words(1)[0]} garden.", "<noinput>", "Cannot be done in text."))
     text = "Here are the new tasks you asked for!\n\n"
     for number, (instruction, given, output) in enumerate(items, start=first):
-        text += f"###\n{number}. **Instruction:** {instruction}\n{number}. Input:\n{given}\n{number}. Output:\n{output}\n"
+        text += (f"###\n{number}. **Instruction:** {instruction}\n{number}. Input:\n{given}\n"
+                 f"{number}. Output:\n{output}\n")
     return text + f"###\n{first + len(items)}. Instruction: A task whose output was forgotten.\n"
 
 
@@ -93,9 +95,9 @@ def good_answer(state: State, prompt: str) -> str:
     return "I do not know this kind of request."
 
 
-def completion(text: str, prompt: str) -> dict:
+def completion(text: str, prompt: str, finish_reason: str = "stop") -> dict:
     return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": "fake-teacher",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
             "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
                       "total_tokens": len(prompt.split()) + len(text.split())}}
 
@@ -122,7 +124,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/stats":
             self._send(200, json.dumps({"requests": self.state.requests}).encode())
         elif self.path.rstrip("/").endswith("/models"):
-            self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]}).encode())
+            models = {"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]}
+            self._send(200, json.dumps(models).encode())
         else:
             self._send(404, b'{"error": "not found"}')
 
@@ -144,17 +147,21 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(401, b'{"error": {"message": "invalid api key"}}')
         if mode == "badbody":
             return self._send(200, b"<html>proxy error</html>", "text/html")
+        finish_reason = "stop"
         if mode == "garbage":
             text = "zxq " * 20 + "}{ ][ 1. Instr"
+        elif mode == "cutoff":
+            text = good_answer(self.state, prompt)
+            text, finish_reason = text[:text.rindex("###")].rstrip()[:-8], "length"
         else:
             text = good_answer(self.state, prompt)
-        self._send(200, json.dumps(completion(text, prompt)).encode())
+        self._send(200, json.dumps(completion(text, prompt, finish_reason)).encode())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", default="good",
-                        choices=["good", "garbage", "error500", "flaky", "badbody", "unauthorized", "slow"])
+                        choices=["good", "garbage", "error500", "flaky", "badbody", "unauthorized", "slow", "cutoff"])
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
     Handler.state = State(args.mode, args.delay)

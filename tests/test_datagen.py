@@ -311,7 +311,8 @@ def read_lines(path: Path) -> list[dict]:
 
 def write_docs(folder: Path, sections: int) -> Path:
     folder.mkdir()
-    body = "\n\n".join(f"## Part {i}\n\nThe part number {i} of the manual explains one setting." for i in range(sections))
+    body = "\n\n".join(f"## Part {i}\n\nThe part number {i} of the manual explains one setting."
+                       for i in range(sections))
     (folder / "manual.md").write_text("# Manual\n\n" + body)
     return folder
 
@@ -384,6 +385,17 @@ class TestSelfInstructLive:
             assert server.requests() == 5
         assert summary.dropped["malformed"] == 5 and summary.kept == 0 and summary.failed_requests == 0
         assert summary.stopped == "max_requests=5 reached before 50 examples"
+
+    def test_task_cut_off_by_max_tokens_is_dropped(self, tmp_path):
+        out = tmp_path / "gen.jsonl"
+        with fake_teacher("cutoff") as server:
+            summary = api.generate_self_instruct(str(SEEDS), str(out), teacher_config(server, concurrency=1),
+                                                 SelfInstructConfig(num_examples=3, tasks_per_request=3),
+                                                 progress=False)
+        # the reply ends inside the image task's output: that task is dropped as truncated, not judged
+        assert summary.requests == 1 and summary.dropped["truncated"] == 1
+        assert summary.dropped["malformed"] == 0 and summary.dropped["unsupported"] == 0
+        assert summary.kept == 3 and summary.dropped["not_needed"] == 2  # the paraphrase and the seed copy
 
     def test_rate_limits_and_500s_are_retried_to_success(self, tmp_path):
         out = tmp_path / "gen.jsonl"

@@ -956,8 +956,8 @@ def self_instruct(seeds: str | Path, out: str | Path, teacher: Teacher, options:
                 failures_in_row = 0
                 tasks, malformed = parse_numbered_tasks(result.text)
                 summary.dropped["malformed"] += malformed
-                if result.finish_reason == "length" and tasks:
-                    tasks.pop()  # cut off mid-answer by max_tokens; its output may be incomplete
+                if result.finish_reason == "length" and tasks and result.text.rstrip().endswith(tasks[-1].output):
+                    tasks.pop()  # the answer was cut off by max_tokens inside this task's output
                     summary.dropped["truncated"] += 1
                 summary.produced += len(tasks)
                 seed_ids = [t.id for t in shown[index] if t.id]
@@ -965,8 +965,10 @@ def self_instruct(seeds: str | Path, out: str | Path, teacher: Teacher, options:
                     if len(generated) >= target:
                         summary.dropped["not_needed"] += 1
                         continue
-                    reason = "duplicate" if normalized(task.instruction) in seen else instruction_problem(task, options)
-                    if reason is None and similar.is_near_duplicate(task.instruction):
+                    reason = instruction_problem(task, options)
+                    if normalized(task.instruction) in seen:
+                        reason = "duplicate"
+                    elif reason is None and similar.is_near_duplicate(task.instruction):
                         reason = "similar"
                     if reason:
                         summary.dropped[reason] += 1
@@ -1060,8 +1062,9 @@ def qa_from_docs(docs: str | Path, out: str | Path, teacher: Teacher, options: F
     """Question/answer pairs for every chunk of the documents under `docs`, appended to `out` (qa JSONL).
 
     Chunks already in `out` are skipped, so a rerun asks only for what is missing (chunks whose requests
-    failed or gave no usable pair are asked again). Questions near-duplicating a kept one (ROUGE-L) are dropped; with `options.grade` a
-    second request per chunk asks the teacher which pairs the chunk supports, and only those are kept.
+    failed or gave no usable pair are asked again). Questions near-duplicating a kept one (ROUGE-L) are
+    dropped; with `options.grade` a second request per chunk asks the teacher which pairs the chunk supports,
+    and only those are kept.
 
     Output line: `{"question", "answer", "source", "chunk_id", "provenance": {"teacher", "created", "pair",
     "pairs_in_chunk"}}`.
