@@ -179,3 +179,13 @@ def test_report_renders_in_headless_chromium(full_report, run_paths, tmp_path):
     for anchor in SECTIONS:
         assert f'<section id="{anchor}">' in dom
     assert dom.count("<img") >= 4 and "Metrics: base vs finetuned" in dom
+
+
+def test_multiple_choice_results_get_a_section(run_paths):
+    write_results(run_paths)
+    tuned = {"acc": {"mean": 0.75, "low": 0.5, "high": 1.0}, "acc_norm": {"mean": 0.5, "low": 0.25, "high": 0.75}}
+    (run_paths.eval_dir / "mc-arc_easy.json").write_text(json.dumps(
+        {"source": "data/arc_easy.jsonl", "n": 4, "models": {"finetuned": tuned}}))
+    html_text = report.build_report(run_paths).read_text(encoding="utf-8")
+    choices = _section(html_text, "choices")
+    assert "arc_easy.jsonl" in choices and "0.75 <span" in choices and 'href="#choices"' in html_text

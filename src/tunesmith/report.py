@@ -409,9 +409,10 @@ def render_report(paths: RunPaths) -> str:
         choices_section(choices),
         examples_sections(predictions, eval_metrics),
     ]
-    nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in (
-        ("config", "Configuration"), ("data", "Data"), ("training", "Training"), ("metrics", "Metrics"),
-        ("errors", "Errors"), ("worst", "Worst examples"), ("examples", "All examples")))
+    links = [("config", "Configuration"), ("data", "Data"), ("training", "Training"), ("metrics", "Metrics"),
+             ("errors", "Errors")] + ([("choices", "Multiple choice")] if choices else []) + [
+             ("worst", "Worst examples"), ("examples", "All examples")]
+    nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in links)
     name = esc(paths.root.name)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>tunesmith report: {name}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
