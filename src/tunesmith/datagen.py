@@ -234,16 +234,14 @@ class LocalTeacher:
         self.name = f"local:{self.generator.name}"
         self.options = GenerationOptions(max_new_tokens=config.max_tokens, do_sample=config.temperature > 0,
                                          temperature=config.temperature or 1.0)
-        self._lock = threading.Lock()
 
     def complete_many(self, prompts: Sequence[str]) -> Iterator[tuple[int, TeacherReply | TeacherFailure]]:
         from tunesmith.generate import generate_batch
 
         rendered = [self.generator.render(p) for p in prompts]
         for start in range(0, len(rendered), self.concurrency):
-            with self._lock:
-                batch = generate_batch(self.generator.model, self.generator.tokenizer,
-                                       rendered[start:start + self.concurrency], self.options)
+            batch = generate_batch(self.generator.model, self.generator.tokenizer,
+                                   rendered[start:start + self.concurrency], self.options)
             for offset, generation in enumerate(batch):
                 yield start + offset, TeacherReply(generation.text, generation.finish_reason,
                                                    generation.num_prompt_tokens, generation.num_tokens)
