@@ -8,8 +8,10 @@ here. Each parses flags into config sections, calls one api function and prints 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from tunesmith.config import FromDocsConfig, SelfInstructConfig, Section, TeacherConfig, validate_section
+if TYPE_CHECKING:  # config (pydantic) is imported only when a generator runs, so `tunesmith --help` stays fast
+    from tunesmith.config import Section
 
 TARGETS = ("self-instruct", "from-docs")
 """First words after `generate` that name a data generator rather than a run or model."""
@@ -31,6 +33,8 @@ def _help(section: type[Section], key: str) -> str:
 
 
 def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
+    from tunesmith.config import TeacherConfig
+
     group = parser.add_argument_group("teacher")
     which = group.add_mutually_exclusive_group(required=True)
     which.add_argument("--teacher-url", metavar="URL", help=_help(TeacherConfig, "url"))
@@ -50,6 +54,8 @@ def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _section(section: type[Section], args: argparse.Namespace, keys: dict[str, str], source: str):
     """Validate the flags that were given into a config section (the rest keep config.py's defaults)."""
+    from tunesmith.config import validate_section
+
     given = {key: getattr(args, dest) for key, dest in keys.items() if getattr(args, dest) is not None}
     return validate_section(section, given, source)
 
@@ -61,6 +67,8 @@ _TEACHER_KEYS = {"url": "teacher_url", "local": "teacher_local", "model": "teach
 
 
 def build_self_instruct_parser() -> argparse.ArgumentParser:
+    from tunesmith.config import SelfInstructConfig
+
     parser = argparse.ArgumentParser(
         prog="tunesmith generate self-instruct",
         description="Alpaca-style self-instruct: a teacher LLM writes new instruction/input/output examples from "
@@ -82,6 +90,8 @@ def build_self_instruct_parser() -> argparse.ArgumentParser:
 
 
 def build_from_docs_parser() -> argparse.ArgumentParser:
+    from tunesmith.config import FromDocsConfig
+
     parser = argparse.ArgumentParser(
         prog="tunesmith generate from-docs",
         description="Question/answer pairs from your documents (.md, .txt, .html, .pdf): each chunk is sent to a "
@@ -102,6 +112,7 @@ def build_from_docs_parser() -> argparse.ArgumentParser:
 def main_self_instruct(argv: list[str]) -> int:
     """`tunesmith generate self-instruct ...`; errors propagate to the CLI's one-line error handler."""
     from tunesmith import api
+    from tunesmith.config import SelfInstructConfig, TeacherConfig
 
     args = build_self_instruct_parser().parse_args(argv)
     teacher = _section(TeacherConfig, args, _TEACHER_KEYS, "teacher")
@@ -116,6 +127,7 @@ def main_self_instruct(argv: list[str]) -> int:
 def main_from_docs(argv: list[str]) -> int:
     """`tunesmith generate from-docs ...`; errors propagate to the CLI's one-line error handler."""
     from tunesmith import api
+    from tunesmith.config import FromDocsConfig, TeacherConfig
 
     args = build_from_docs_parser().parse_args(argv)
     teacher = _section(TeacherConfig, args, _TEACHER_KEYS, "teacher")
