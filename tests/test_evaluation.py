@@ -228,3 +228,11 @@ def test_response_loss_runs_the_head_on_answer_tokens_only_in_chunks(tiny_model_
     answer_tokens = sum(sum(label != IGNORE_INDEX for label in e["labels"][1:]) for e in examples)
     assert sum(shape[0] for shape in rows_seen) == answer_tokens == result["tokens"]
     assert "test loss" in capsys.readouterr().err  # the progress bar
+
+
+def test_run_without_test_split_fails_before_loading_a_model(tmp_path):
+    from tunesmith.runs import create_run
+
+    paths = create_run(load_config(base={"output": {"runs_dir": str(tmp_path), "name": "bare"}}))
+    with pytest.raises(RunError, match="no prepared test split"):
+        ev.evaluate("no-such-model", ["finetuned"], EvalConfig(), paths=paths)

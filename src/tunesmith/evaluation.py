@@ -495,6 +495,21 @@ def reference_of(record) -> str:
     return record.response
 
 
+def require_test_split(paths):
+    """The run's `prepared/test_records.jsonl`, checked before any model is loaded.
+
+    Raises:
+        RunError: the run has no prepared test split.
+    """
+    from tunesmith.errors import RunError
+
+    records_file = paths.prepared / "test_records.jsonl"
+    if not records_file.is_file():
+        raise RunError(f"{paths.root}: no prepared test split ({records_file} is missing); run `tunesmith data "
+                       f"prepare CONFIG` or give a data file with --data")
+    return records_file
+
+
 def eval_set_from_run(paths, limit: int | None = None) -> EvalSet:
     """The run's prepared test split: records from `test_records.jsonl`, loss examples from `prepared/test`.
 
@@ -502,14 +517,10 @@ def eval_set_from_run(paths, limit: int | None = None) -> EvalSet:
         RunError: the run has no prepared test split.
     """
     from tunesmith.data import record_from_dict
-    from tunesmith.errors import RunError
     from tunesmith.prepare import load_prepared
     from tunesmith.runs import read_jsonl
 
-    records_file = paths.prepared / "test_records.jsonl"
-    if not records_file.is_file():
-        raise RunError(f"{paths.root}: no prepared test split ({records_file} is missing); run `tunesmith "
-                       f"prepare` or give a data file with --data")
+    records_file = require_test_split(paths)
     _, test, _ = load_prepared(paths)
     records = [record_from_dict(row) for row in read_jsonl(records_file)]
     examples = [test[i] for i in range(min(len(test), limit or len(test)))]
@@ -534,7 +545,7 @@ def eval_set_from_file(path, data_config, tokenizer, template, tokenization, max
 
 def evaluate_generations(generator, records: Sequence, options, batch_size: int = 8,
                          progress: bool = True) -> tuple[list[str], list]:
-    """Rendered prompts and the model's answers for every record that has a prompt (text records have none)."""
+    """Rendered prompts (the model's own template) and the model's answers, in record order."""
     prompts = [generator.render(r) for r in records]
     return prompts, generator.generate(prompts, options, batch_size=batch_size, progress=progress)
 
@@ -687,8 +698,8 @@ def evaluate(target: str, labels: Sequence[str], eval_config, *, paths=None, dat
 
     if data is None and paths is None:
         raise RunError(f"{target}: not a run folder, so there is no test split; give a data file with --data FILE")
-    if data is None and not (paths.prepared / "test_records.jsonl").is_file():
-        raise RunError(f"{paths.root}: no prepared test split; run `tunesmith prepare` or give --data FILE")
+    if data is None:
+        require_test_split(paths)
 
     def eval_set_for(generator) -> EvalSet:
         if data is None:
