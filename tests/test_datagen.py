@@ -569,10 +569,8 @@ class TestCli:
                                 "--teacher-model", "m", "--concurrency", "0"])
 
     def test_tunesmith_generate_dispatches_to_the_generators(self, tmp_path, capsys):
-        from tunesmith.cli import build_parser, main
+        from tunesmith.cli import main
 
-        if "self-instruct" not in build_parser().format_help() and not _dispatches():
-            pytest.skip("`tunesmith generate` (cli/use.py) does not dispatch to the data generators yet")
         out = tmp_path / "qa.jsonl"
         with fake_teacher() as server:
             code = main(["generate", "from-docs", str(DOCS / "kettle_manual.md"), "--out", str(out),
@@ -582,11 +580,6 @@ class TestCli:
         code = main(["generate", "from-docs", str(tmp_path / "missing"), "--out", str(out),
                      "--teacher-url", "http://127.0.0.1:9", "--teacher-model", "m"])
         assert code == 1 and "documents folder not found" in capsys.readouterr().err
-
-
-def _dispatches() -> bool:
-    use = REPO / "src" / "tunesmith" / "cli" / "use.py"
-    return use.is_file() and "generate_data" in use.read_text()
 
 
 # ------------------------------------------------------------------------------------------------ tunesmith serve
@@ -600,8 +593,6 @@ def _free_port() -> int:
 
 @pytest.fixture
 def tunesmith_serve(tiny_model_dir):
-    if not (REPO / "src" / "tunesmith" / "serve.py").is_file():
-        pytest.skip("tunesmith serve is not built yet (src/tunesmith/serve.py missing)")
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", str(tiny_model_dir), "--port", str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
