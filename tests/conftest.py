@@ -60,3 +60,22 @@ def tiny_model_dir(tokenizer_dir, tmp_path_factory):
     for file in tokenizer_dir.iterdir():
         shutil.copy(file, folder / file.name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def varied_model_dir(tiny_model_dir, tokenizer_dir, tmp_path_factory):
+    """The tiny model with larger random weights, so greedy answers differ from prompt to prompt (with the usual
+    0.02 init every chat prompt is answered with newlines, which hides batching and history bugs)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.2
+    folder = tmp_path_factory.mktemp("varied-model")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    for file in tokenizer_dir.iterdir():
+        shutil.copy(file, folder / file.name)
+    return folder

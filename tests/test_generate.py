@@ -22,11 +22,11 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
+def model(varied_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(varied_model_dir, dtype=torch.float32).eval()
 
 
 class TestGenerateBatch:
@@ -163,3 +163,81 @@ def test_load_plain_model_uses_auto_template(tiny_model_dir):
     assert "Hi" in prompt
     [g] = generator.generate([prompt], GenerationOptions(max_new_tokens=3))
     assert g.num_tokens <= 3
+
+
+class FakeGenerator:
+    """Counts one token per word, answers "ok", so the context arithmetic of a chat is easy to follow."""
+
+    context_length = 20
+
+    def render(self, messages):
+        return " ".join(m.content for m in messages)
+
+    def count_tokens(self, prompt):
+        return len(prompt.split())
+
+    def stream(self, prompt, options):
+        import contextlib
+
+        self.last_prompt = prompt
+        return contextlib.nullcontext(iter(["o", "k"]))
+
+
+class TestChatSession:
+    def test_answers_join_the_conversation(self):
+        from tunesmith.generate import ChatSession
+
+        session = ChatSession(FakeGenerator(), GenerationOptions(max_new_tokens=5))
+        assert "".join(session.ask("one two")) == "ok"
+        assert session.messages == [Message("user", "one two"), Message("assistant", "ok")]
+
+    def test_oldest_exchanges_are_dropped_to_fit(self):
+        from tunesmith.generate import ChatSession
+
+        generator = FakeGenerator()
+        session = ChatSession(generator, GenerationOptions(max_new_tokens=5), system="sys")
+        for turn in ("a b c d e", "f g h i j", "k l m n o"):
+            list(session.ask(turn))
+        # budget 15 words: sys (1) + the latest exchange "f g h i j ok" (6) + "k l m n o" (5); "a b c d e ok" went
+        assert generator.last_prompt == "sys f g h i j ok k l m n o"
+        assert session.messages[0] == Message("user", "f g h i j")
+
+    def test_a_message_too_long_for_the_context_is_an_error(self):
+        from tunesmith.errors import GenerationError
+        from tunesmith.generate import ChatSession
+
+        session = ChatSession(FakeGenerator(), GenerationOptions(max_new_tokens=5))
+        with pytest.raises(GenerationError, match="too long"):
+            list(session.ask("w " * 30))
+        assert session.messages == []
+
+    def test_reset_forgets(self):
+        from tunesmith.generate import ChatSession
+
+        session = ChatSession(FakeGenerator(), GenerationOptions(max_new_tokens=5))
+        list(session.ask("hi"))
+        session.reset()
+        assert session.messages == []
+
+
+class TestPromptFiles:
+    def test_reads_prompt_shapes(self, tmp_path):
+        from tunesmith.generate import read_prompts
+
+        path = tmp_path / "p.jsonl"
+        path.write_text('{"prompt": "A?"}\n\n{"instruction": "Add", "input": "2+2"}\n'
+                        '{"messages": [{"role": "user", "content": "Hi"}]}\n')
+        rows = read_prompts(path)
+        assert [r.prompt for _, r in rows[:2]] == ["A?", "Add"] and rows[1][1].input == "2+2"
+        assert rows[2][1].messages[-1] == Message("assistant", "")
+        assert [r.line for _, r in rows] == [1, 3, 4]
+
+    def test_every_bad_line_is_named(self, tmp_path):
+        from tunesmith.errors import DataError
+        from tunesmith.generate import read_prompts
+
+        path = tmp_path / "p.jsonl"
+        path.write_text('{"prompt": 3}\n{oops\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
+        with pytest.raises(DataError) as info:
+            read_prompts(path)
+        assert [(p.line, p.field) for p in info.value.problems] == [(1, "prompt"), (2, None), (3, "messages")]

@@ -30,15 +30,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+def server(varied_model_dir, tmp_path_factory):
     """A served tiny model: (base_url, process); the process is stopped after the module."""
     port = free_port()
     home = tmp_path_factory.mktemp("serve-home")
     log = open(home / "server.log", "w")
-    env = {**os.environ, "TUNESMITH_HOME": str(home)}
+    env = {**os.environ, "TUNESMITH_HOME": str(home), "TUNESMITH_FORCE_FP32": "1"}  # compared with fp32 here
     env.pop("TUNESMITH_API_KEY", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "tunesmith", "serve", str(tiny_model_dir), "--port", str(port),
+        [sys.executable, "-m", "tunesmith", "serve", str(varied_model_dir), "--port", str(port),
          "--api-key", API_KEY, "--max-tokens", "256"], stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -70,15 +70,15 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
-def local(tiny_model_dir):
+def local(varied_model_dir):
     """The same model loaded in this process, to check the server answers exactly what generation gives."""
     from tunesmith.generate import load_for_inference
 
-    return load_for_inference(str(tiny_model_dir), precision="fp32")
+    return load_for_inference(str(varied_model_dir), precision="fp32")
 
 
-def test_models_lists_the_served_model(client, tiny_model_dir):
-    assert [m.id for m in client.models.list().data] == [str(tiny_model_dir)]
+def test_models_lists_the_served_model(client, varied_model_dir):
+    assert [m.id for m in client.models.list().data] == [str(varied_model_dir)]
 
 
 def test_chat_completion_matches_local_generation(client, local):
