@@ -12,8 +12,7 @@ import json
 import os
 import sys
 
-DATA_GENERATORS = ("self-instruct", "from-docs")
-"""First words of `tunesmith generate` that make training data instead of answering prompts."""
+from tunesmith.cli.generate_data import TARGETS as DATA_GENERATORS
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
