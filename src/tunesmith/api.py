@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tunesmith.config import ServeConfig
+    from tunesmith.export import ExportResult
     from tunesmith.generate import GenerationOptions
     from tunesmith.config import FromDocsConfig, SelfInstructConfig, TeacherConfig
     from tunesmith.datagen import DatagenSummary
@@ -508,3 +509,15 @@ def _with(config: Config, dotted: dict) -> Config:
         valid = ", ".join(sorted(TrainingConfig.model_fields))
         raise ConfigError([f"unknown setting {k!r}; training settings are {valid}" for k in unknown])
     return config_from_dict(raw, "Tuner")
+
+
+def export(run: str, out: str, merge: bool = False, dtype: str = "fp32", gguf: bool = False) -> ExportResult:
+    """Export a run's model as a plain Hugging Face folder (LoRA merged on request), optionally with a GGUF file.
+
+    Raises:
+        RunError: not a run with a trained model, or `out` would overwrite something that is not an export.
+        ModelError: a GGUF export this model's architecture or tokenizer does not support.
+    """
+    from tunesmith.export import export_run
+
+    return export_run(run, out, merge=merge, dtype=dtype, gguf=gguf)

@@ -409,7 +409,7 @@ def load_model_for(model_dir: Path | None, info: dict | None, which: str, model_
     return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload().to(device)
 
 
-def _load_tokenizer(model_dir: Path | None, model_config: ModelConfig):
+def load_tokenizer_for(model_dir: Path | None, model_config: ModelConfig):
     """The tokenizer saved with the run (the one training used), else the base model's."""
     from tunesmith.models import load_tokenizer
 
@@ -445,7 +445,7 @@ def load_for_inference(run_or_model: str, which: Literal["finetuned", "base"] = 
         template = TemplateConfig.model_validate(info.get("template") or {})
     model = load_model_for(model_dir, info, which, model_config, dtype, device)
     model.eval()
-    tokenizer = _load_tokenizer(model_dir if which == "finetuned" else None, model_config)
+    tokenizer = load_tokenizer_for(model_dir if which == "finetuned" else None, model_config)
     name = Path(run_or_model).name if info is not None else run_or_model
     return Generator(model=model, tokenizer=tokenizer, template=template,
                      name=name if which == "finetuned" else f"{name}:base",
