@@ -120,3 +120,11 @@ def test_cli_prepares_and_reports_bad_template_in_one_line(make_config, tmp_path
     assert main(["data", "prepare", str(config), "--set", "template.name=alpaca"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "chat.jsonl:1" in err and "template.name=chat" in err
+
+
+def test_prepare_saves_data_statistics_for_the_report(make_config):
+    result = prepare(make_config())
+    stats = json.loads(result.paths.data_stats.read_text())
+    assert stats["num_records"] == 40
+    assert stats["overlap"]["same_prompt"] == 0
+    assert stats["lengths"]["total"]["max"] == result.manifest["max_length"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tunesmith.config import Config, config_hash
@@ -220,7 +220,18 @@ def prepare(config: Config) -> PrepareResult:
     finally:
         if not progress_was_off:
             datasets.enable_progress_bars()
+    atomic_write_json(paths.data_stats, data_statistics(train + test, tokenized, train, test, config, max_length))
     return PrepareResult(paths, manifest, reused=False)
+
+
+def data_statistics(records: list[Record], tokenized: list, train: list[Record], test: list[Record],
+                    config: Config, max_length: int) -> dict:
+    """What `data inspect` would say about the run's data, plus train/test overlap, for the report."""
+    from tunesmith.data.stats import compute_stats, overlap
+
+    lengths = [(t.prompt_tokens, t.response_tokens) for t in tokenized]
+    stats = compute_stats(records, lengths, max_length, config.tokenization.truncation_side).to_dict()
+    return {**stats, "overlap": asdict(overlap(train, test))}
 
 
 def load_prepared(paths: RunPaths):
