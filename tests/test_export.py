@@ -129,3 +129,39 @@ def test_reexport_replaces_an_earlier_export(lora_run, tmp_path):
 def test_not_a_run(tiny_model_dir, tmp_path):
     with pytest.raises(RunError, match="not a run folder"):
         export_run(str(tiny_model_dir), str(tmp_path / "out"))
+
+
+class TestGGUF:
+    def test_gguf_loads_back_with_the_same_weights_and_tokenizer(self, lora_run, tmp_path):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        result = export_run(str(lora_run), str(tmp_path / "out"), merge=True, gguf=True)
+        assert result.gguf is not None and result.gguf.is_file()
+        exported = AutoModelForCausalLM.from_pretrained(result.out, dtype=torch.float32).eval()
+        # transformers undoes llama.cpp's q/k layout on load, so equal logits prove the layout was written right
+        from_gguf = AutoModelForCausalLM.from_pretrained(result.out, gguf_file=result.gguf.name,
+                                                         dtype=torch.float32).eval()
+        text = "Hello world, 123 tokens!<|im_end|>"
+        tokenizer = AutoTokenizer.from_pretrained(result.out)
+        gguf_tokenizer = AutoTokenizer.from_pretrained(result.out, gguf_file=result.gguf.name)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert gguf_tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+        with torch.no_grad():
+            expected, got = exported(torch.tensor([ids])).logits, from_gguf(torch.tensor([ids])).logits
+        assert torch.allclose(expected, got, atol=1e-5)
+
+    def test_gguf_of_an_unmerged_adapter_is_refused(self, lora_run, tmp_path):
+        with pytest.raises(RunError, match="--merge"):
+            export_run(str(lora_run), str(tmp_path / "out"), gguf=True)
+
+    def test_other_architectures_get_a_clear_error(self, tokenizer, tmp_path):
+        from types import SimpleNamespace
+
+        from tunesmith.errors import ModelError
+        from tunesmith.export import write_gguf
+
+        model = SimpleNamespace(config=SimpleNamespace(model_type="gpt_neox"))
+        with pytest.raises(ModelError, match="architecture 'gpt_neox'"):
+            write_gguf(model, tokenizer, tmp_path, tmp_path / "m.gguf", "fp32")
+        assert not (tmp_path / "m.gguf").exists()
