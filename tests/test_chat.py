@@ -31,7 +31,7 @@ def ask(child, text: str) -> str:
     return child.before.replace("\r\n", "\n").split(text + "\n", 1)[1]
 
 
-def test_two_turns_then_reset(chat, varied_model_dir):
+def test_two_turns_reset_system_exit(chat, varied_model_dir):
     from tunesmith.generate import GenerationOptions, load_for_inference
 
     first = ask(chat, "What is a lighthouse?")
@@ -47,16 +47,14 @@ def test_two_turns_then_reset(chat, varied_model_dir):
     [expected] = generator.generate([generator.render(history)], GenerationOptions(max_new_tokens=6))
     assert second == expected.text + "\n"
 
-    chat.sendline("/exit")
-    chat.expect(pexpect.EOF)
-    chat.close()
-    assert chat.exitstatus == 0
-
-
-def test_system_prompt_changes_the_conversation(chat):
+    # a system prompt starts a new conversation that carries it
     assert ask(chat, "/system You answer in French.").startswith("(system prompt set")
-    ask(chat, "Hello")
-    chat.sendeof()
+    with_system = generator.render([{"role": "system", "content": "You answer in French."},
+                                    {"role": "user", "content": "What is a lighthouse?"}])
+    [expected] = generator.generate([with_system], GenerationOptions(max_new_tokens=6))
+    assert ask(chat, "What is a lighthouse?") == expected.text + "\n"
+
+    chat.sendline("/exit")
     chat.expect(pexpect.EOF)
     chat.close()
     assert chat.exitstatus == 0

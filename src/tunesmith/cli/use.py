@@ -70,23 +70,18 @@ def register(subparsers) -> None:
     _add_decoding(chat, max_new_tokens=256)
     chat.set_defaults(handler=_chat)
 
-    from tunesmith.config import ServeConfig
-
-    limits = ServeConfig()
+    # defaults come from config.ServeConfig in the handler: importing pydantic here would slow every `--help`
     serve = subparsers.add_parser(
         "serve", help="serve a run or model over an OpenAI-compatible HTTP API",
         description="OpenAI-compatible /v1/models, /v1/chat/completions and /v1/completions (streaming too). "
                     "Point any OpenAI client at http://HOST:PORT/v1.")
     _add_target(serve)
-    serve.add_argument("--host", default=limits.host,
-                       help=f"address to listen on (default {limits.host}: this machine only)")
-    serve.add_argument("--port", type=int, default=limits.port, help=f"port (default {limits.port})")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--api-key", default=os.environ.get("TUNESMITH_API_KEY"),
                        help="require `Authorization: Bearer KEY` (default: $TUNESMITH_API_KEY; none = open)")
-    serve.add_argument("--batch-size", type=int, default=limits.batch_size,
-                       help=f"requests answered together (default {limits.batch_size})")
-    serve.add_argument("--max-tokens", type=int, default=limits.max_tokens,
-                       help=f"largest max_tokens a request may ask for (default {limits.max_tokens})")
+    serve.add_argument("--batch-size", type=int, help="requests answered together (default 8)")
+    serve.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for (default 1024)")
     serve.set_defaults(handler=_serve)
 
     export = subparsers.add_parser(
@@ -158,8 +153,8 @@ def _serve(args: argparse.Namespace) -> int:
     from tunesmith import api
     from tunesmith.config import ServeConfig, validate_section
 
-    limits = validate_section(ServeConfig, {"host": args.host, "port": args.port, "batch_size": args.batch_size,
-                                            "max_tokens": args.max_tokens}, "serve")
+    given = {"host": args.host, "port": args.port, "batch_size": args.batch_size, "max_tokens": args.max_tokens}
+    limits = validate_section(ServeConfig, {k: v for k, v in given.items() if v is not None}, "serve")
     api.serve(args.target, limits=limits, api_key=args.api_key or None, which="base" if args.base else "finetuned")
     return 0
 
