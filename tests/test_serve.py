@@ -290,3 +290,71 @@ class TestBatchWorker:
             assert info.value.status_code == 429
         finally:
             loop.close()
+
+
+class FakeGenerator:
+    """Stands in for a model in-process: renders by joining, one token per word."""
+
+    name = "fake"
+    context_length = 64
+    model = tokenizer = None
+
+    def render(self, messages):
+        from tunesmith.generate import as_prompt_record
+
+        return " ".join(m.content for m in as_prompt_record(messages).messages)
+
+    def count_tokens(self, prompt):
+        return len(prompt.split())
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False) | st.text()
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                        | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+
+def test_fuzzed_bodies_never_get_5xx(monkeypatch):
+    """Whatever JSON a client sends, the answer is a normal reply or a 4xx in OpenAI's shape, never a 5xx."""
+    from fastapi.testclient import TestClient
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tunesmith import generate
+    from tunesmith.serve import create_app
+
+    monkeypatch.setattr(generate, "generate_batch", lambda model, tokenizer, prompts, options: [
+        Generation("ok", 1, 1, "stop") for _ in prompts])
+    def either(plausible):  # mostly plausible values, so the fuzz reaches the code behind validation too
+        return st.integers(0, 9).flatmap(lambda i: plausible if i < 9 else _json_values())
+
+    text = st.text(max_size=40)
+    message = st.fixed_dictionaries({"role": either(st.sampled_from(["user", "system", "assistant", "developer"])),
+                                     "content": either(text | st.lists(st.fixed_dictionaries(
+                                         {"type": st.just("text"), "text": text}), max_size=2))})
+    sampling = {"max_tokens": either(st.integers(-5, 3000)), "temperature": either(st.floats(-1, 3)),
+                "top_p": either(st.floats(-0.5, 1.5)), "n": either(st.integers(-1, 20)),
+                "stream": either(st.booleans()), "stop": either(text | st.lists(text, max_size=6)),
+                "seed": either(st.integers()), "user": either(text),
+                "stream_options": either(st.fixed_dictionaries({"include_usage": st.booleans()}))}
+    chat = st.fixed_dictionaries({"model": either(text), "messages": either(st.lists(message, max_size=4))},
+                                 optional={**sampling, "max_completion_tokens": either(st.integers(-5, 3000))})
+    completion = st.fixed_dictionaries({"model": either(text), "prompt": either(text | st.lists(text, max_size=9))},
+                                       optional=sampling)
+    body = st.one_of(chat.map(lambda b: ("/v1/chat/completions", b)),
+                     completion.map(lambda b: ("/v1/completions", b)),
+                     st.tuples(st.sampled_from(["/v1/chat/completions", "/v1/completions"]), _json_values()))
+
+    with TestClient(create_app(FakeGenerator())) as http:
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(body)
+        def check(request):
+            path, data = request
+            response = http.post(path, content=json.dumps(data), headers={"Content-Type": "application/json"})
+            assert response.status_code < 500, (data, response.text)
+            if response.status_code >= 400:
+                assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+        check()

@@ -303,6 +303,8 @@ def create_app(generator: Generator, api_key: str | None = None, limits: ServeCo
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         if first.get("type") == "json_invalid":
             return error_response(400, "the request body is not valid JSON")
+        if tuple(first.get("loc", ())) == ("body",):
+            return error_response(400, "the request body must be a JSON object (with Content-Type: application/json)")
         param = _error_param(tuple(first.get("loc", ())))
         message = "; ".join(f"{_error_param(tuple(e.get('loc', ()))) or 'body'}: {e['msg']}" for e in errors[:5])
         return error_response(400, message, param=param)
