@@ -165,3 +165,16 @@ class TestGGUF:
         with pytest.raises(ModelError, match="architecture 'gpt_neox'"):
             write_gguf(model, tokenizer, tmp_path, tmp_path / "m.gguf", "fp32")
         assert not (tmp_path / "m.gguf").exists()
+
+
+def test_bf16_inference_of_run_and_export_agree(lora_run, tmp_path):
+    """Both merge in fp32 and cast afterwards, so even in bf16 the run and its export answer alike."""
+    import torch
+
+    from tunesmith.generate import load_for_inference
+
+    result = export_run(str(lora_run), str(tmp_path / "out"), merge=True)
+    run = load_for_inference(str(lora_run), precision="bf16")
+    exported = load_for_inference(str(result.out), precision="bf16")
+    for (name, a), (_, b) in zip(run.model.state_dict().items(), exported.model.state_dict().items()):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b), name

@@ -402,11 +402,13 @@ def load_model_for(model_dir: Path | None, info: dict | None, which: str, model_
         return load_model(model_config, dtype=dtype, device=device)
     if not (model_dir / "adapter_config.json").is_file():
         return load_model(model_config.model_copy(update={"name": str(model_dir)}), dtype=dtype, device=device)
+    import torch
     from peft import PeftModel
 
-    base = load_model(model_config, dtype=dtype)
-    # Merged weights run faster and give exactly what `tunesmith export --merge` writes.
-    return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload().to(device)
+    # Merged in fp32 and then cast: the weights are exactly what `tunesmith export --merge` writes (and they run
+    # faster than base + adapter).
+    base = load_model(model_config, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload().to(device=device, dtype=dtype)
 
 
 def load_tokenizer_for(model_dir: Path | None, model_config: ModelConfig):
