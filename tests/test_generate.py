@@ -241,3 +241,11 @@ class TestPromptFiles:
         with pytest.raises(DataError) as info:
             read_prompts(path)
         assert [(p.line, p.field) for p in info.value.problems] == [(1, "prompt"), (2, None), (3, "messages")]
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=0), dict(top_p=1.5), dict(stop="###")])
+def test_invalid_options_are_refused(bad):
+    from tunesmith.errors import GenerationError
+
+    with pytest.raises(GenerationError, match=next(iter(bad))):
+        GenerationOptions(**bad)

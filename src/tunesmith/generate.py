@@ -38,6 +38,17 @@ class GenerationOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        problems = [f"max_new_tokens={self.max_new_tokens}: must be at least 1"] if self.max_new_tokens < 1 else []
+        if not self.temperature > 0:
+            problems.append(f"temperature={self.temperature}: must be above 0 (use do_sample=False for greedy)")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p}: must be in (0, 1]")
+        if isinstance(self.stop, str):
+            problems.append(f"stop={self.stop!r}: give a tuple of strings")
+        if problems:
+            raise GenerationError("; ".join(problems))
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -52,8 +63,8 @@ class Generation:
 def end_token_ids(tokenizer) -> set[int]:
     """Token ids that end an answer: eos plus the end-of-turn token the chat template puts after an answer.
 
-    SmolLM2's eos is `<|endoftext|>` while its chat turns end with `<|im_end|>`; stopping only at eos would run
-    the model on into a made-up next turn.
+    Many models' eos is `<|endoftext|>` while their chat turns end with `<|im_end|>` (or `<|eot_id|>`...);
+    stopping only at eos would run the model on into a made-up next turn.
     """
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     if getattr(tokenizer, "chat_template", None):

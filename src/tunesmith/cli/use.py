@@ -96,7 +96,7 @@ def register(subparsers) -> None:
 
 
 def _options(args: argparse.Namespace):
-    """Decoding flags as GenerationOptions.
+    """Decoding flags as GenerationOptions (`--temperature 0` means greedy).
 
     Raises:
         GenerationError: a flag out of range, naming it.
@@ -104,16 +104,12 @@ def _options(args: argparse.Namespace):
     from tunesmith.errors import GenerationError
     from tunesmith.generate import GenerationOptions
 
-    problems = [f"--max-new-tokens {args.max_new_tokens}: must be at least 1"] if args.max_new_tokens < 1 else []
     if args.temperature < 0:
-        problems.append(f"--temperature {args.temperature}: must be 0 (greedy) or more")
-    if not 0 < args.top_p <= 1:
-        problems.append(f"--top-p {args.top_p}: must be in (0, 1]")
-    if problems:
-        raise GenerationError("; ".join(problems))
-    return GenerationOptions(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                             temperature=args.temperature if args.temperature > 0 else 1.0, top_p=args.top_p,
-                             seed=args.seed, stop=tuple(args.stop))
+        raise GenerationError(f"--temperature {args.temperature}: must be 0 (greedy) or more")
+    sample = args.temperature > 0
+    return GenerationOptions(max_new_tokens=args.max_new_tokens, do_sample=sample,
+                             temperature=args.temperature if sample else 1.0, top_p=args.top_p, seed=args.seed,
+                             stop=tuple(args.stop))
 
 
 def _generate(args: argparse.Namespace) -> int:
