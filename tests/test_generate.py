@@ -249,3 +249,14 @@ def test_invalid_options_are_refused(bad):
 
     with pytest.raises(GenerationError, match=next(iter(bad))):
         GenerationOptions(**bad)
+
+
+def test_broken_run_info_is_a_run_error(tmp_path):
+    (tmp_path / "config.yaml").write_text("{}\n")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "tunesmith.json").write_text(json.dumps({"base_model": "b", "template": {"name": "x"}}))
+    with pytest.raises(RunError, match="invalid model or template"):
+        load_for_inference(str(tmp_path))
+    (tmp_path / "model" / "tunesmith.json").write_text("{not json")
+    with pytest.raises(RunError, match="not valid JSON"):
+        load_for_inference(str(tmp_path))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
+from pydantic import ValidationError
+
 from tunesmith.config import ModelConfig, TemplateConfig
 from tunesmith.data.records import Message, Record
 from tunesmith.errors import DataError, DataProblem, GenerationError, ModelError, RunError
@@ -302,7 +304,6 @@ class Generator:
     name: str
     base_model: str
     method: str | None = None
-    source: str = ""
 
     @property
     def context_length(self) -> int:
@@ -454,16 +455,22 @@ def load_for_inference(run_or_model: str, which: Literal["finetuned", "base"] = 
     if info is None:
         model_config, template = ModelConfig(name=run_or_model), TemplateConfig()
     else:
-        model_config = ModelConfig.model_validate({**info.get("model", {}), "name": info["base_model"]})
-        template = TemplateConfig.model_validate(info.get("template") or {})
+        try:
+            model_config = ModelConfig.model_validate({**(info.get("model") or {}), "name": info["base_model"]})
+            template = TemplateConfig.model_validate(info.get("template") or {})
+        except (ValidationError, TypeError) as e:
+            raise RunError(f"{model_dir / RUN_INFO_FILE}: invalid model or template entry ({e}); it is written "
+                           f"by `tunesmith train`") from None
     model = load_model_for(model_dir, info, which, model_config, dtype, device)
     model.eval()
     tokenizer = load_tokenizer_for(model_dir if which == "finetuned" else None, model_config)
-    name = Path(run_or_model).name if info is not None else run_or_model
+    # a run is called by its folder name, whether given as runs/x or runs/x/model
+    name = run_or_model if info is None else (
+        model_dir.parent.name if model_dir.name in ("model", "model-merged") else model_dir.name)
     return Generator(model=model, tokenizer=tokenizer, template=template,
                      name=name if which == "finetuned" else f"{name}:base",
                      base_model=info["base_model"] if info else run_or_model,
-                     method=(info or {}).get("method"), source=str(run_or_model))
+                     method=(info or {}).get("method"))
 
 
 class ChatSession:
