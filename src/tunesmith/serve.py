@@ -460,6 +460,16 @@ def run_server(generator: Generator, host: str, port: int, api_key: str | None =
     """Serve until interrupted (uvicorn, one process: the model is loaded once)."""
     import uvicorn
 
+    import ipaddress
+    import sys
+
     app = create_app(generator, api_key=api_key, limits=limits)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and api_key is None:
+        print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model",
+              file=sys.stderr, flush=True)
     print(f"serving {generator.name} at http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
