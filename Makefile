@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# Long reliability variants (10,000-record fuzz, 10 random SIGKILLs, 500-request load); CI runs them too.
+test-slow: install
+	$(PY) -m pytest -m slow
 
 bench: install
 	$(PIP) install -q -e '.[bench]'
