@@ -260,3 +260,10 @@ def test_broken_run_info_is_a_run_error(tmp_path):
     (tmp_path / "model" / "tunesmith.json").write_text("{not json")
     with pytest.raises(RunError, match="not valid JSON"):
         load_for_inference(str(tmp_path))
+
+
+def test_empty_prompt_is_a_clear_error(model, tokenizer):
+    from tunesmith.errors import GenerationError
+
+    with pytest.raises(GenerationError, match="empty prompt"):
+        generate_batch(model, tokenizer, ["", "hi"], GenerationOptions(max_new_tokens=2))

@@ -186,6 +186,12 @@ def test_limits_give_4xx(server, extra, param):
     assert _assert_openai_error(_post(server, body), 400)["param"] == param
 
 
+def test_empty_completion_prompt_gets_400(server):
+    response = httpx.post(f"{server[0]}/completions", json={"model": "m", "prompt": ""}, timeout=60,
+                          headers={"Authorization": f"Bearer {API_KEY}"})
+    assert _assert_openai_error(response, 400)["param"] == "prompt"
+
+
 def test_body_too_large_gets_413(server):
     _assert_openai_error(_post(server, b"x" * 2_000_000), 413)
 

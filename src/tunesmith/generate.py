@@ -105,6 +105,8 @@ def _encode(tokenizer, prompts: Sequence[str], device):
     prefix = special_prefix(tokenizer)
     ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     ids = [row if row[:len(prefix)] == prefix else prefix + row for row in ids]
+    if not all(ids):
+        raise GenerationError("an empty prompt cannot be answered: the model needs at least one token to go on")
     encoded = tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
     return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 
@@ -322,8 +324,8 @@ class Generator:
         return render_prompt(as_prompt_record(item), self.template, self.tokenizer)
 
     def count_tokens(self, prompt: str) -> int:
-        """How many tokens a rendered prompt takes, counted as generation will feed it."""
-        return int(_encode(self.tokenizer, [prompt], "cpu")[1].sum())
+        """How many tokens a rendered prompt takes, counted as generation will feed it (0 for nothing)."""
+        return int(_encode(self.tokenizer, [prompt], "cpu")[1].sum()) if prompt else 0
 
     def generate(self, prompts: Sequence[str], options: GenerationOptions, batch_size: int = 8,
                  progress: bool = False) -> list[Generation]:

@@ -425,6 +425,8 @@ def create_app(generator: Generator, api_key: str | None = None, limits: ServeCo
         if not prompts or len(prompts) * body.n > limits.max_n * limits.batch_size:
             raise APIError(400, f"send between 1 and {limits.max_n * limits.batch_size} prompts x n", param="prompt")
         counts = [generator.count_tokens(p) for p in prompts]
+        if 0 in counts:
+            raise APIError(400, "a prompt is empty; send at least one character", param="prompt")
         options = options_for(body, max(counts))
         reply_id, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         expanded = [p for p in prompts for _ in range(body.n)]
