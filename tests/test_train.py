@@ -227,41 +227,48 @@ class TestDataOrder:
             assert len(step_examples(step, 13, training, 0, 2)) == len(step_examples(step, 13, training, 1, 2))
 
 
-RESUME_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
+CHILD_SCRIPT = textwrap.dedent("""
+    import os, pathlib, signal, sys
     from tunesmith import train as train_module
     from tunesmith.config import load_config
     from tunesmith.runs import RunPaths
 
+    kill_after = int(sys.argv[3])  # SIGKILL itself right after this step's checkpoint; 0: never
     save = train_module.save_checkpoint
 
     def save_then_die(paths, step, *args, **kwargs):
         folder = save(paths, step, *args, **kwargs)
-        if step == 3:
+        if step == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
         return folder
 
     train_module.save_checkpoint = save_then_die
     config = load_config(sys.argv[1])
-    train_module.train(RunPaths(__import__("pathlib").Path(sys.argv[2])), config.model, config.training)
+    train_module.train(RunPaths(pathlib.Path(sys.argv[2])), config.model, config.training)
 """)
+
+RESUME_SETTINGS = ["training.method=lora", "training.learning_rate=3e-3", "training.lora_dropout=0.3",
+                   "training.max_steps=6", "training.batch_size=3", "training.save_every_steps=1",
+                   "training.lr_scheduler=cosine", "training.warmup_steps=2"]
+"""LoRA with dropout: resuming exactly needs the adapters, AdamW moments, data position and RNG state."""
+
+
+def start_child(tmp_path, paths, kill_after: int) -> subprocess.Popen:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD_SCRIPT)
+    return subprocess.Popen([sys.executable, str(script), str(paths.config), str(paths.root), str(kill_after)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def test_resume_after_sigkill_continues_the_loss_curve_exactly(make_run, tmp_path):
-    # LoRA with dropout: resuming exactly needs the adapters, AdamW moments, data position and RNG state.
-    settings = ["training.method=lora", "training.learning_rate=3e-3", "training.lora_dropout=0.3",
-                "training.max_steps=6", "training.batch_size=3", "training.save_every_steps=1",
-                "training.lr_scheduler=cosine", "training.warmup_steps=2"]
-    config, paths = make_run(*settings, name="straight")
+    config, paths = make_run(*RESUME_SETTINGS, name="straight")
     train_run(config, paths)
     expected = losses(paths)
 
-    config, paths = make_run(*settings, name="killed")
-    script = tmp_path / "killed.py"
-    script.write_text(RESUME_SCRIPT)
-    child = subprocess.run([sys.executable, str(script), str(paths.config), str(paths.root)],
-                           capture_output=True, text=True, timeout=120, env={**os.environ})
-    assert child.returncode == -9, child.stderr[-2000:]
+    config, paths = make_run(*RESUME_SETTINGS, name="killed")
+    child = start_child(tmp_path, paths, kill_after=3)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == -9, stderr[-2000:]
     assert (paths.checkpoints / "latest").read_text() == "step-3"
     assert not paths.model.exists()
     assert max(losses(paths)) == 3
@@ -272,6 +279,34 @@ def test_resume_after_sigkill_continues_the_loss_curve_exactly(make_run, tmp_pat
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(expected[step], abs=1e-4)
     assert resumed[1] == expected[1]  # metrics before the checkpoint are kept
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint_and_resume_matches(make_run, tmp_path):
+    import random
+    import time
+
+    from safetensors.torch import load_file
+
+    from tunesmith.train import latest_checkpoint
+
+    config, paths = make_run(*RESUME_SETTINGS, name="straight")
+    expected = train_run(config, paths).final_train_loss
+    rng = random.Random(0)
+    for trial in range(10):
+        config, paths = make_run(*RESUME_SETTINGS, name=f"trial-{trial}")
+        child = start_child(tmp_path, paths, kill_after=0)
+        while child.poll() is None and not paths.metrics.is_file():
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 1.5))
+        child.kill()
+        child.wait(timeout=60)
+        checkpoint = latest_checkpoint(paths)
+        if checkpoint is not None:
+            assert load_file(str(checkpoint / "trainable.safetensors"))
+            assert torch.load(checkpoint / "optimizer.pt", weights_only=True)["state"]
+        result = train_run(config, paths, resume=checkpoint is not None)
+        assert result.final_train_loss == pytest.approx(expected, abs=1e-4), f"trial {trial}, from {checkpoint}"
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(make_run):

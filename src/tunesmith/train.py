@@ -484,8 +484,8 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
     optimizer = build_optimizer(model, training, peak_lr)
 
     # --- resume, or start clean
-    state = {"step": 0, "tokens_seen": 0, "loss_tokens": 0, "elapsed_s": 0.0, "best_test_loss": None,
-             "best_step": None, "evals_without_improvement": 0, "world_size": world}
+    state = {"step": 0, "train_loss": None, "tokens_seen": 0, "loss_tokens": 0, "elapsed_s": 0.0,
+             "best_test_loss": None, "best_step": None, "evals_without_improvement": 0, "world_size": world}
     if resume:
         checkpoint = latest_checkpoint(paths)
         if checkpoint is None:
@@ -543,7 +543,7 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
     progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=not is_main,
                     dynamic_ncols=True)
     started, window_tokens, window_start = time.perf_counter() - state["elapsed_s"], 0, time.perf_counter()
-    train_loss, last_test_loss, stopped_early = None, None, False
+    last_test_loss, stopped_early = None, False
     for step in range(state["step"], total_steps):
         lr = lr_at(step, peak_lr, total_steps, warmup, training.lr_scheduler)
         for group in optimizer.param_groups:
@@ -554,7 +554,7 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
         local_tokens = sum(len(e["input_ids"]) for part in parts for e in part)
         loss_sum, loss_tokens, real_tokens = accumulate_gradients(loss_model, batches, accelerator, precision,
                                                                   local_tokens, scaler.scale)
-        train_loss = loss_sum / max(loss_tokens, 1)
+        train_loss = state["train_loss"] = loss_sum / max(loss_tokens, 1)
         if not math.isfinite(train_loss):
             progress.close()
             raise TrainingError(f"loss became {train_loss} at step {step + 1}; stopped before updating the weights "
@@ -631,7 +631,7 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
         "total_steps": total_steps, "epochs": round(final_step / epoch_steps, 4), "stopped_early": stopped_early,
         "model_step": model_step, "time_s": round(elapsed, 2), "tokens_seen": state["tokens_seen"],
         "loss_tokens": state["loss_tokens"], "tokens_per_s": round(state["tokens_seen"] / max(elapsed, 1e-9), 1),
-        "final_train_loss": train_loss, "final_test_loss": last_test_loss,
+        "final_train_loss": state["train_loss"], "final_test_loss": last_test_loss,
         "best_test_loss": state["best_test_loss"], "best_step": state["best_step"],
         "learning_rate": peak_lr, "packing": training.packing,
     }
@@ -643,8 +643,8 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
                                            merge=training.merge_lora and training.method != "full")
             atomic_write_json(paths.train_summary, summary)
     accelerator.wait_for_everyone()
-    return TrainResult(paths.model, merged_dir, final_step, train_loss, last_test_loss, state["best_test_loss"],
-                       summary, model.eval())
+    return TrainResult(paths.model, merged_dir, final_step, state["train_loss"], last_test_loss,
+                       state["best_test_loss"], summary, model.eval())
 
 
 def _gather_objects(obj, accelerator) -> list:
