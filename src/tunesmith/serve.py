@@ -108,8 +108,12 @@ class Job:
 
     def deliver(self, generations: list[Generation] | None = None, error: BaseException | None = None) -> None:
         def settle():
-            if not self.future.done():
-                self.future.set_exception(error) if error else self.future.set_result(generations)
+            if self.future.done():  # the client went away
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(generations)
         self.loop.call_soon_threadsafe(settle)
 
     def emit(self, event: tuple) -> None:
