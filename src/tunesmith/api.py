@@ -13,17 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from tunesmith.config import ServeConfig
+    from tunesmith.config import (Config, DataConfig, FromDocsConfig, ModelConfig, SelfInstructConfig, ServeConfig,
+                                  TeacherConfig, TemplateConfig, TokenizationConfig)
+    from tunesmith.data.stats import DataInspection
+    from tunesmith.datagen import DatagenSummary
     from tunesmith.export import ExportResult
     from tunesmith.generate import GenerationOptions
-    from tunesmith.config import FromDocsConfig, SelfInstructConfig, TeacherConfig
-    from tunesmith.datagen import DatagenSummary
     from tunesmith.prepare import PrepareResult
-    from tunesmith.config import DataConfig, ModelConfig, TemplateConfig, TokenizationConfig
-    from tunesmith.data.stats import DataInspection
-    from tunesmith.config import Config
     from tunesmith.train import TrainResult
 
 
