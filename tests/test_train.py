@@ -411,3 +411,31 @@ class TestCli:
         assert main(["train", str(config_file), *overrides]) == 1
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_under_bf16_a_small_lora_update_still_changes_the_output(tiny_model_dir):
+    """bf16 base output + a LoRA delta below half its last bit rounds back to the base output; summing in fp32
+    (keep_lora_sums_fp32) keeps early, small adapters visible, as in fp32 training."""
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.models import apply_lora
+    from tunesmith.train import keep_lora_sums_fp32
+
+    def delta(hook: bool) -> float:
+        torch.manual_seed(0)
+        model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), TrainingConfig(lora_dropout=0.0))
+        if hook:
+            keep_lora_sums_fp32(model)
+        layer = model.get_base_model().model.layers[0].mlp.down_proj
+        x = torch.randn(4, 128)
+        bf16 = torch.autocast("cpu", dtype=torch.bfloat16)  # one region per forward: autocast caches weight casts
+        with torch.no_grad():
+            with bf16:
+                before = layer(x).float()
+            layer.lora_B["default"].weight.fill_(1e-6)
+            with bf16:
+                after = layer(x).float()
+        return (after - before).abs().max().item()
+
+    assert delta(hook=False) == 0.0  # the update is invisible in plain bf16 autocast
+    assert delta(hook=True) > 0.0

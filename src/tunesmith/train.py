@@ -236,6 +236,17 @@ def _load_4bit(model_cfg: ModelConfig):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
+def keep_lora_sums_fp32(model) -> None:
+    """Under bf16 autocast a frozen layer's output is a bf16 number, and adding a LoRA update smaller than half
+    its last bit gives back the same number: early, small adapters would be invisible. Returning the base output
+    as fp32 makes PEFT add the update in fp32."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and isinstance(module.base_layer, torch.nn.Linear):
+            module.base_layer.register_forward_hook(lambda _module, _inputs, output: output.float())
+
+
 def uses_cpu() -> bool:
     """Without a GPU accelerate must be told so, or under torchrun it runs each process alone instead of gloo.
 
@@ -508,6 +519,8 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
         paths.metrics.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
+    if precision != "fp32" and training.method != "full":
+        keep_lora_sums_fp32(model)
     loss_model, optimizer = accelerator.prepare(CausalLMLoss(model), optimizer)
     loss_model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
