@@ -60,10 +60,12 @@ def losses(paths) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in map(json.loads, paths.metrics.read_text().splitlines()) if "loss" in m}
 
 
-@pytest.mark.parametrize("method,lr", [("full", "1e-3"), ("lora", "3e-3")])
-def test_a_few_steps_lower_the_training_loss(make_run, method, lr):
+@pytest.mark.parametrize("method,lr,optimizer", [("full", "1e-3", "adamw"), ("lora", "3e-3", "adamw"),
+                                                ("full", "1e-3", "adafactor")])
+def test_a_few_steps_lower_the_training_loss(make_run, method, lr, optimizer):
     # batch 8 = the whole train split, so every step's loss is on the same examples
-    config, paths = make_run(f"training.method={method}", f"training.learning_rate={lr}", "training.max_steps=5")
+    config, paths = make_run(f"training.method={method}", f"training.learning_rate={lr}", "training.max_steps=5",
+                             f"training.optimizer={optimizer}")
     result = train_run(config, paths)
     curve = losses(paths)
     assert sorted(curve) == [1, 2, 3, 4, 5]
@@ -72,6 +74,18 @@ def test_a_few_steps_lower_the_training_loss(make_run, method, lr):
     summary = json.loads(paths.train_summary.read_text())
     assert summary["steps"] == 5 and summary["method"] == method and summary["tokens_per_s"] > 0
     assert paths.loss_plot.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradient_checkpointing_gives_the_same_training(make_run, method):
+    settings = [f"training.method={method}", "training.learning_rate=1e-3", "training.max_steps=3",
+                "training.lora_dropout=0"]
+    runs = {}
+    for name, extra in (("plain", []), ("checkpointed", ["training.gradient_checkpointing=true"])):
+        config, paths = make_run(*settings, *extra, name=name)
+        train_run(config, paths)
+        runs[name] = losses(paths)
+    assert runs["checkpointed"] == pytest.approx(runs["plain"], abs=1e-5)
 
 
 def logits_of(model, tokenizer):
