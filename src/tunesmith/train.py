@@ -236,15 +236,16 @@ def _load_4bit(model_cfg: ModelConfig):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def keep_lora_sums_fp32(model) -> None:
+def keep_lora_sums_fp32(model) -> list:
     """Under bf16 autocast a frozen layer's output is a bf16 number, and adding a LoRA update smaller than half
     its last bit gives back the same number: early, small adapters would be invisible. Returning the base output
-    as fp32 makes PEFT add the update in fp32."""
+    as fp32 makes PEFT add the update in fp32. Returns the hook handles (removed after training).
+    """
     from peft.tuners.lora import LoraLayer
 
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and isinstance(module.base_layer, torch.nn.Linear):
-            module.base_layer.register_forward_hook(lambda _module, _inputs, output: output.float())
+    return [module.base_layer.register_forward_hook(lambda _module, _inputs, output: output.float())
+            for module in model.modules()
+            if isinstance(module, LoraLayer) and isinstance(module.base_layer, torch.nn.Linear)]
 
 
 def uses_cpu() -> bool:
@@ -519,13 +520,14 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
         paths.metrics.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
-    if precision != "fp32" and training.method != "full":
-        keep_lora_sums_fp32(model)
+    lora_hooks = keep_lora_sums_fp32(model) if precision != "fp32" and training.method != "full" else []
     loss_model, optimizer = accelerator.prepare(CausalLMLoss(model), optimizer)
     loss_model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     # fp16 (GPUs without bf16) needs loss scaling against underflow; for bf16/fp32 the scaler is a no-op.
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    final_steps = {total_steps}  # at the last step the model in memory is the one to keep; no copy needed
 
     def checkpoint_note() -> str:
         last = latest_checkpoint(paths)
@@ -551,7 +553,6 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
         return loss
 
     # --- the loop
-    final_steps = {total_steps}  # at the last step the model in memory is the one to keep; no copy needed
     metrics = read_jsonl(paths.metrics)
     progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=not is_main,
                     dynamic_ncols=True)
@@ -622,7 +623,9 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
     # --- final evaluation, best weights, artifacts
     final_step = state["step"]
     final_steps.add(final_step)
-    if not (metrics and metrics[-1]["step"] == final_step and "test_loss" in metrics[-1]):
+    if metrics and metrics[-1]["step"] == final_step and "test_loss" in metrics[-1]:
+        last_test_loss = metrics[-1]["test_loss"]  # evaluated already (early stop, or resumed after the end)
+    else:
         last_test_loss = evaluate(final_step) if test_examples else None
         if last_test_loss is not None:
             metrics.append({"step": final_step, "epoch": round(final_step / epoch_steps, 4),
@@ -638,6 +641,8 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
         model_step = state["best_step"]
     elif is_main:
         shutil.rmtree(best_file.parent, ignore_errors=True)  # stale: the final weights are the best
+    for hook in lora_hooks:
+        hook.remove()
     elapsed = time.perf_counter() - started
     summary = {
         "method": training.method, "precision": precision, "processes": world, "steps": final_step,
