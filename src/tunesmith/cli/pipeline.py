@@ -35,14 +35,15 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _print_pipeline(result) -> None:
-    print(f"\nrun folder:  {result.run}")
-    print(f"model:       {result.model}")
-    print(f"report:      {result.report}")
+    rows = [("run folder", str(result.run)), ("model", str(result.model)), ("report", str(result.report))]
     if result.base_test_loss is not None:
-        print(f"test loss:   base {result.base_test_loss:.4f} -> finetuned {result.test_loss:.4f}")
+        rows.append(("test loss", f"base {result.base_test_loss:.4f} -> finetuned {result.test_loss:.4f}"))
     for name, (base, tuned) in result.headline_metrics.items():
-        base_text = "n/a" if base is None else f"{base:.3f}"
-        print(f"{name + ':':<12} base {base_text} -> finetuned {tuned:.3f}")
+        rows.append((name, f"base {'n/a' if base is None else f'{base:.1f}'} -> finetuned {tuned:.1f}  (0-100)"))
+    width = max(len(label) for label, _ in rows) + 2
+    print()
+    for label, value in rows:
+        print(f"{label + ':':<{width}}{value}")
 
 
 def _run(args: argparse.Namespace) -> int:
