@@ -97,7 +97,7 @@ def tunesmith_run(config, steps: int) -> dict:
         result = train(paths, config.model, config.training)
     s = result.summary
     return {"real_tokens": s["tokens_seen"], "loss_tokens": s["loss_tokens"], "positions": positions,
-            "seconds": s["time_s"], "peak_rss": rss.peak, "model": result.model, "precision": s["precision"]}
+            "seconds": s["train_time_s"], "peak_rss": rss.peak, "model": result.model, "precision": s["precision"]}
 
 
 class CountingCollator:

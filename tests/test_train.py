@@ -457,7 +457,7 @@ def test_under_bf16_a_small_lora_update_still_changes_the_output(tiny_model_dir)
 
 def test_output_layer_in_chunks_gives_the_same_loss_and_gradients(monkeypatch):
     """Long answers go through the output layer in chunks (logits recomputed in backward); nothing changes."""
-    from tunesmith import train as train_module
+    from tunesmith import losses
 
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False)
@@ -468,12 +468,12 @@ def test_output_layer_in_chunks_gives_the_same_loss_and_gradients(monkeypatch):
     def loss_and_grads():
         head.zero_grad()
         hidden.grad = None
-        loss = train_module.token_loss_sum(hidden, labels, head)
+        loss = losses.token_loss_sum(hidden, labels, head)
         loss.backward()
         return loss.detach(), hidden.grad.clone(), head.weight.grad.clone()
 
     whole = loss_and_grads()
-    monkeypatch.setattr(train_module, "HEAD_CHUNK_ROWS", 7)
+    monkeypatch.setattr(losses, "HEAD_CHUNK_ROWS", 7)
     chunked = loss_and_grads()
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -250,9 +250,9 @@ def response_loss(model, examples: Sequence[dict], pad_token_id: int, batch_size
     [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}] -> {"loss": 2.31, "perplexity": 10.1, "tokens": 2}
     """
     import torch
-    import torch.nn.functional as F
     from tqdm.auto import tqdm
 
+    from tunesmith.losses import token_loss_sum
     from tunesmith.tokenization import IGNORE_INDEX, pad_collate
 
     decoder, head = model.get_decoder(), model.get_output_embeddings()
@@ -267,15 +267,9 @@ def response_loss(model, examples: Sequence[dict], pad_token_id: int, batch_size
             batch = pad_collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows], pad_token_id)
             hidden = decoder(input_ids=batch["input_ids"].to(device),
                              attention_mask=batch["attention_mask"].to(device)).last_hidden_state
-            targets = batch["labels"][:, 1:].to(device)
-            keep = targets != IGNORE_INDEX
-            states, targets = hidden[:, :-1][keep], targets[keep]
-            for c in range(0, len(targets), chunk_tokens):
-                logits = head(states[c:c + chunk_tokens]).float()
-                if softcap:
-                    logits = softcap * torch.tanh(logits / softcap)
-                total += F.cross_entropy(logits, targets[c:c + chunk_tokens], reduction="sum").item()
-            count += len(targets)
+            total += token_loss_sum(hidden, batch["labels"].to(device), head, softcap, chunk_tokens).item()
+            targets = batch["labels"][:, 1:]
+            count += int((targets != IGNORE_INDEX).sum())
             bar.update(len(rows))
     loss = total / count if count else math.nan
     return {"loss": loss, "perplexity": math.exp(loss) if count else math.nan, "tokens": count}

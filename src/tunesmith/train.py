@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tunesmith.config import ModelConfig, TemplateConfig, TrainingConfig, learning_rate
 from tunesmith.errors import TrainingError
+from tunesmith.losses import token_loss_sum
 from tunesmith.models import apply_lora, default_device, load_model, load_tokenizer, resolve_model_path, \
     resolve_precision
 from tunesmith.packing import collate_packed
@@ -40,12 +40,10 @@ from tunesmith.runs import RunPaths, append_jsonl, atomic_dir, atomic_write_byte
     atomic_write_text, read_jsonl
 from tunesmith.tokenization import IGNORE_INDEX, pad_collate
 
-__all__ = ["TrainResult", "train", "lr_at", "step_examples", "token_loss_sum", "CausalLMLoss"]
+__all__ = ["TrainResult", "train", "lr_at", "step_examples", "CausalLMLoss"]
 
 RUN_INFO_FILE = "tunesmith.json"
 LATEST = "latest"
-HEAD_CHUNK_ROWS = 1024
-"""Loss-bearing positions sent through the output layer at once; bounds logits memory to rows × vocabulary."""
 
 
 @dataclass(frozen=True)
@@ -124,32 +122,6 @@ def step_examples(step: int, num_examples: int, training: TrainingConfig, rank: 
 
 # ----------------------------------------------------------------------------------------------------------------
 # the loss at loss-bearing positions only
-
-
-def token_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
-                   softcap: float | None = None) -> torch.Tensor:
-    """Sum of next-token cross-entropies where the (shifted) label is not IGNORE_INDEX.
-
-    Only those positions go through the output layer, in chunks of HEAD_CHUNK_ROWS; each chunk's logits are
-    recomputed in the backward pass instead of kept, so memory is bounded by chunk × vocabulary.
-    """
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    rows, targets = hidden[:, :-1][keep], targets[keep]
-
-    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()
-        if softcap:
-            logits = softcap * torch.tanh(logits / softcap)
-        return F.cross_entropy(logits, t, reduction="sum")
-
-    if len(rows) <= HEAD_CHUNK_ROWS:
-        return chunk_loss(rows, targets)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, len(rows), HEAD_CHUNK_ROWS):
-        part = slice(start, start + HEAD_CHUNK_ROWS)
-        total = total + torch.utils.checkpoint.checkpoint(chunk_loss, rows[part], targets[part], use_reentrant=False)
-    return total
 
 
 class CausalLMLoss(torch.nn.Module):
@@ -496,7 +468,7 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
     optimizer = build_optimizer(model, training, peak_lr)
 
     # --- resume, or start clean
-    state = {"step": 0, "train_loss": None, "tokens_seen": 0, "loss_tokens": 0, "elapsed_s": 0.0,
+    state = {"step": 0, "train_loss": None, "tokens_seen": 0, "loss_tokens": 0, "elapsed_s": 0.0, "eval_s": 0.0,
              "best_test_loss": None, "best_step": None, "evals_without_improvement": 0, "world_size": world}
     if resume:
         checkpoint = latest_checkpoint(paths)
@@ -534,9 +506,16 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
         return f"last good checkpoint: {last}" if last else "no checkpoint was written"
 
     def evaluate(step: int) -> float | None:
-        """Test loss now; an improvement mid-run saves `checkpoints/best` so the best weights survive."""
+        """Test loss now; an improvement mid-run saves `checkpoints/best` so the best weights survive.
+
+        Its time is kept out of tokens/s, which should say how fast training runs, not how often it is tested."""
+        nonlocal window_start
+        eval_start = time.perf_counter()
         loss = evaluate_loss(loss_model, test_examples, training, max_row_tokens, tokenizer.pad_token_id, precision,
-                         accelerator)
+                             accelerator)
+        spent = time.perf_counter() - eval_start
+        state["eval_s"] += spent
+        window_start += spent
         if loss is None:
             return None
         if state["best_test_loss"] is None or loss < state["best_test_loss"]:
@@ -605,7 +584,7 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
                     if test_now is not None:
                         write_loss_plot(paths, metrics)
         progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}",
-                             tok_s=f"{state['tokens_seen'] / max(time.perf_counter() - started, 1e-9):.0f}")
+                             tok_s=f"{state['tokens_seen'] / max(time.perf_counter() - started - state['eval_s'], 1e-9):.0f}")
         progress.update(1)
         patience = training.early_stopping_patience
         if test_now is not None and patience and state["evals_without_improvement"] >= patience:
@@ -647,8 +626,9 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
     summary = {
         "method": training.method, "precision": precision, "processes": world, "steps": final_step,
         "total_steps": total_steps, "epochs": round(final_step / epoch_steps, 4), "stopped_early": stopped_early,
-        "model_step": model_step, "time_s": round(elapsed, 2), "tokens_seen": state["tokens_seen"],
-        "loss_tokens": state["loss_tokens"], "tokens_per_s": round(state["tokens_seen"] / max(elapsed, 1e-9), 1),
+        "model_step": model_step, "time_s": round(elapsed, 2), "train_time_s": round(elapsed - state["eval_s"], 2),
+        "tokens_seen": state["tokens_seen"], "loss_tokens": state["loss_tokens"],
+        "tokens_per_s": round(state["tokens_seen"] / max(elapsed - state["eval_s"], 1e-9), 1),
         "final_train_loss": state["train_loss"], "final_test_loss": last_test_loss,
         "best_test_loss": state["best_test_loss"], "best_step": state["best_step"],
         "learning_rate": peak_lr, "packing": training.packing,
