@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from tunesmith.config import load_config  # noqa: E402
 from tunesmith.evaluation import response_loss  # noqa: E402
 from tunesmith.models import load_model, load_tokenizer  # noqa: E402
+from tunesmith.packing import MIN_ROW_TOKENS  # noqa: E402
 from tunesmith.prepare import load_prepared, prepare  # noqa: E402
 from tunesmith.train import make_batch, step_examples, train  # noqa: E402
 
@@ -87,7 +88,7 @@ def tunesmith_run(config, steps: int) -> dict:
     paths = prepare(config).paths
     train_set, _, manifest = load_prepared(paths)
     examples = [{"input_ids": i, "labels": l} for i, l in zip(train_set["input_ids"], train_set["labels"])]
-    max_row = max(manifest["max_length"], max(len(e["input_ids"]) for e in examples))
+    max_row = max(MIN_ROW_TOKENS, manifest["max_length"], max(len(e["input_ids"]) for e in examples))
     positions = 0
     for step in range(steps):
         for part in step_examples(step, len(examples), config.training):

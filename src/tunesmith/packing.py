@@ -14,14 +14,19 @@ from __future__ import annotations
 
 from tunesmith.tokenization import IGNORE_INDEX
 
+MIN_ROW_TOKENS = 512
+"""Packed rows may hold this many tokens even when examples are short: with rows of even width, fewer and
+longer rows leave almost no padding, and at this length the per-example attention mask costs little next to
+the model's matrix products."""
+
 
 def pack_rows(lengths: list[int], max_row_tokens: int) -> list[list[int]]:
     """Group example indices into as few rows as the budget allows, of nearly equal width.
 
     Rows are padded to the widest one, so a full row next to a nearly empty one wastes almost half the batch
-    (8 examples of 72 tokens under a 512 budget: 512 + 64 -> 41% padding). So the row count is fixed first,
-    ceil(total / budget), and examples, longest first, go into the emptiest row where they fit a width of
-    total / count tokens (deterministic: ties keep the input order); only when none fits is another row opened.
+    (8 examples of 72 tokens under a 512 budget: 512 + 64 -> 41% padding). So ceil(total / budget) rows are
+    opened first, and examples, longest first, each go into the emptiest row (worst-fit decreasing,
+    deterministic: ties keep the input order); a new row opens only when no row has room under the budget.
     An example longer than the budget gets a row of its own.
 
     >>> pack_rows([5, 3, 4, 2], max_row_tokens=8)
@@ -29,21 +34,17 @@ def pack_rows(lengths: list[int], max_row_tokens: int) -> list[list[int]]:
     """
     if not lengths:
         return []
-    rows_needed = -(-sum(lengths) // max_row_tokens)
-    target = min(max_row_tokens, max(max(lengths), -(-sum(lengths) // rows_needed)))
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    rows: list[list[int]] = []
-    used: list[int] = []
-    for i in order:
-        fits = [r for r, size in enumerate(used) if size + lengths[i] <= target]
-        if fits:
-            r = min(fits, key=lambda r: used[r])  # the emptiest row keeps widths even
-            rows[r].append(i)
-            used[r] += lengths[i]
-        else:
-            rows.append([i])
-            used.append(lengths[i])
-    return [sorted(row) for row in rows]
+    rows: list[list[int]] = [[] for _ in range(-(-sum(lengths) // max_row_tokens))]
+    used = [0] * len(rows)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = min(range(len(rows)), key=lambda r: used[r])
+        if used[r] and used[r] + lengths[i] > max_row_tokens:
+            rows.append([])
+            used.append(0)
+            r = len(rows) - 1
+        rows[r].append(i)
+        used[r] += lengths[i]
+    return [sorted(row) for row in rows if row]
 
 
 def collate_packed(examples: list[dict], max_row_tokens: int, pad_token_id: int) -> dict:

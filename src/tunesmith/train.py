@@ -35,7 +35,7 @@ from tunesmith.errors import TrainingError
 from tunesmith.losses import token_loss_sum
 from tunesmith.models import apply_lora, default_device, load_model, load_tokenizer, resolve_model_path, \
     resolve_precision
-from tunesmith.packing import collate_packed
+from tunesmith.packing import MIN_ROW_TOKENS, collate_packed
 from tunesmith.runs import RunPaths, append_jsonl, atomic_dir, atomic_write_bytes, atomic_write_json, \
     atomic_write_text, read_jsonl
 from tunesmith.tokenization import IGNORE_INDEX, pad_collate
@@ -460,7 +460,8 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
     total_steps = training.max_steps or max(1, math.ceil(training.epochs * epoch_steps))
     warmup = warmup_steps(training, total_steps)
     peak_lr = learning_rate(training)
-    max_row_tokens = max(manifest.get("max_length") or 0, max(len(e["input_ids"]) for e in train_examples))
+    max_row_tokens = max(MIN_ROW_TOKENS, manifest.get("max_length") or 0,
+                         max(len(e["input_ids"]) for e in train_examples))
 
     # --- model and optimizer: full and LoRA differ only in build_model
     tokenizer = load_tokenizer(model_cfg)
