@@ -13,6 +13,7 @@ backoff, then counted in the summary written next to the output (`<out>.summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -906,6 +907,22 @@ def self_instruct_prompt(examples: Sequence[Task], num_tasks: int) -> str:
     )
 
 
+@contextlib.contextmanager
+def recording_stop(summary: DatagenSummary, out: str | Path, bar):
+    """Whatever ends a generator (done, Ctrl-C, an error), the summary says so and is saved next to `out`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        summary.stopped = "interrupted (everything written so far is kept; run again to resume)"
+        raise
+    except BaseException as e:
+        summary.stopped = f"error: {e}"
+        raise
+    finally:
+        bar.close()
+        _save_summary(summary, out)
+
+
 def self_instruct(seeds: str | Path, out: str | Path, teacher: Teacher, options: SelfInstructConfig,
                   progress: bool = True) -> DatagenSummary:
     """Grow `out` to `options.num_examples` alpaca records written by the teacher from a few seed tasks.
@@ -934,7 +951,7 @@ def self_instruct(seeds: str | Path, out: str | Path, teacher: Teacher, options:
     max_requests = options.max_requests or 4 * math.ceil(target / options.tasks_per_request) + teacher.concurrency
     failures_in_row = 0
     bar = _progress(target, len(generated), "example", "self-instruct", progress)
-    try:
+    with recording_stop(summary, out, bar):
         while len(generated) < target:
             if summary.requests >= max_requests:
                 summary.stopped = f"max_requests={max_requests} reached before {target} examples"
@@ -979,15 +996,6 @@ def self_instruct(seeds: str | Path, out: str | Path, teacher: Teacher, options:
                     similar.add(task.instruction)
                     summary.kept += 1
                     bar.update(1)
-    except KeyboardInterrupt:
-        summary.stopped = "interrupted (everything written so far is kept; run again to resume)"
-        raise
-    except BaseException as e:
-        summary.stopped = f"error: {e}"
-        raise
-    finally:
-        bar.close()
-        _save_summary(summary, out)
     return summary
 
 
@@ -1093,7 +1101,7 @@ def qa_from_docs(docs: str | Path, out: str | Path, teacher: Teacher, options: F
         similar.add(question)
     failures_in_row = 0
     bar = _progress(len(chunks), len(chunks) - len(todo), "chunk", "from-docs", progress)
-    try:
+    with recording_stop(summary, out, bar):
         for start in range(0, len(todo), teacher.concurrency):
             if failures_in_row >= _give_up_after(teacher):
                 summary.stopped = f"gave up after {failures_in_row} failed requests in a row"
@@ -1139,15 +1147,6 @@ def qa_from_docs(docs: str | Path, out: str | Path, teacher: Teacher, options: F
                                                       "pairs_in_chunk": len(kept)}})
                 summary.kept += len(kept)
                 bar.update(1)
-    except KeyboardInterrupt:
-        summary.stopped = "interrupted (everything written so far is kept; run again to resume)"
-        raise
-    except BaseException as e:
-        summary.stopped = f"error: {e}"
-        raise
-    finally:
-        bar.close()
-        _save_summary(summary, out)
     return summary
 
 

@@ -332,27 +332,12 @@ def save_checkpoint(paths: RunPaths, step: int, model, optimizer, state: dict, r
 
 
 def write_loss_plot(paths: RunPaths, metrics: list[dict]) -> None:
-    """`loss.png`: train loss per logged step and test loss per evaluation, replaced atomically."""
-    import matplotlib
+    """`loss.png`: the report's loss chart (train loss per step, test loss per evaluation), replaced atomically."""
+    from tunesmith.report import loss_chart
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    train_points = [(m["step"], m["loss"]) for m in metrics if m.get("loss") is not None]
-    test_points = [(m["step"], m["test_loss"]) for m in metrics if m.get("test_loss") is not None]
-    if train_points:
-        ax.plot(*zip(*train_points), label="train loss", linewidth=1)
-    if test_points:
-        ax.plot(*zip(*test_points), "o-", label="test loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (mean per answer token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(paths.loss_plot, buffer.getvalue())
+    png = loss_chart(metrics)
+    if png is not None:
+        atomic_write_bytes(paths.loss_plot, png)
 
 
 @torch.no_grad()
