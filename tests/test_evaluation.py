@@ -236,3 +236,24 @@ def test_run_without_test_split_fails_before_loading_a_model(tmp_path):
     paths = create_run(load_config(base={"output": {"runs_dir": str(tmp_path), "name": "bare"}}))
     with pytest.raises(RunError, match="no prepared test split"):
         ev.evaluate("no-such-model", ["finetuned"], EvalConfig(), paths=paths)
+
+
+def test_loss_over_1000_examples_shows_progress_and_never_builds_full_logits(tiny_model_dir, capsys):
+    """Issue 4: a 1,000-example test set; logits exist only for <= chunk rows of answer tokens at a time."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    rng = random.Random(0)
+    examples = []
+    for _ in range(1000):
+        ids = [rng.randrange(3, 49152) for _ in range(rng.randrange(12, 40))]
+        examples.append({"input_ids": ids, "labels": [-100] * (len(ids) - 6) + ids[-6:]})
+    largest = []
+    model.get_output_embeddings().register_forward_hook(lambda module, args, out: largest.append(out.numel()))
+    result = ev.response_loss(model, examples, 2, batch_size=32, chunk_tokens=64, progress=True)
+    assert result["tokens"] == 1000 * 6  # every answer token is predicted from the one before it
+    assert max(largest) <= 64 * 49152  # never a (batch x positions x vocabulary) tensor
+    assert "1000/1000" in capsys.readouterr().err
