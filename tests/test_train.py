@@ -416,7 +416,7 @@ class TestCli:
         (["--set", "training.lr_scheduler=sometimes"], "training.lr_scheduler='sometimes'"),
         (["--set", "training.learning_rat=1e-4"], "unknown key 'training.learning_rat'"),
         (["--set", "data.path=missing.jsonl"], "data.path='missing.jsonl': no such file"),
-        (["--set", "model.name=no-such-model"], "model 'no-such-model' could not be loaded"),
+        (["--set", "model.name=no-such-model"], "model 'no-such-model': not an alias"),
         (["--nproc", "0"], "--nproc 0"),
     ])
     def test_mistakes_are_one_clear_line_and_a_failing_exit(self, config_file, capsys, overrides, expected):

@@ -79,7 +79,31 @@ def resolve_model_path(name: str) -> str:
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model {name!r}: no such folder")
+    if not _in_hub_cache(name) and not _hub_reachable():
+        aliases = ", ".join(EMBEDDED_MODELS)
+        raise ModelError(f"model {name!r}: not an alias ({aliases}), not a local folder, not in the Hugging Face "
+                         f"cache, and the hub cannot be reached from here")
     return name
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """One quick connection attempt, so an offline machine gets a clear error now instead of a minute of
+    retries inside huggingface_hub."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 def _hub_error(name: str, error: Exception) -> ModelError:
