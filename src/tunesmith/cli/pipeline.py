@@ -8,7 +8,7 @@ from tunesmith.cli import add_config_arguments
 
 
 def register(subparsers) -> None:
-    config = subparsers.add_parser("config", help="show or check a config (every key, with defaults)")
+    config = subparsers.add_parser("config", help="validate a config and show it with every key and default")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = config_sub.add_parser("show", help="print the resolved config as YAML (all keys with their defaults)")
     add_config_arguments(show)
