@@ -426,10 +426,7 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
     Raises:
         ConfigError: listing every invalid key and value at once.
     """
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as e:
-        raise _format_validation_error(e, source) from None
+    return validate_section(Config, raw, source)
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
