@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/train_throughput.py [--data FILE.jsonl] [--steps 8] [--methods full,lora]
 
-Both trainers run in this one process, alternating (tunesmith, TRL, tunesmith, TRL per method), on the
-examples tunesmith prepared (so both see identical token ids and the same response-only masking: TRL gets
-them pre-tokenized with a `completion_mask`). Printed per trainer and method: real (non-padding) tokens/s,
+Both trainers run in this one bench run, alternating (tunesmith, TRL, tunesmith, TRL per method), each in a
+fresh child process so its peak RSS is its own (imports, model, training; nothing left over from the other), on
+the examples tunesmith prepared, in the same order (TRL reads them sequentially in tunesmith's step order), so
+both see identical token ids, identical batches and the same response-only masking (TRL gets them pre-tokenized
+with a `completion_mask`). Printed per trainer and method: real (non-padding) tokens/s,
 loss-bearing tokens/s, padding share, peak RSS, test loss after the steps (computed by the same function for
 both), achieved GFLOP/s against the bf16 matmul peak measured in the same run, and tunesmith/TRL ratios.
 
@@ -17,15 +19,15 @@ its faster setting, so the baseline is TRL at its best, not at its slowest.
 from __future__ import annotations
 
 import argparse
-import gc
+import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,36 +41,9 @@ from tunesmith.prepare import load_prepared, prepare  # noqa: E402
 from tunesmith.train import make_batch, step_examples, train  # noqa: E402
 
 
-class PeakRSS:
-    """Samples this process's resident memory every 20 ms while a trainer runs; `.peak` in bytes."""
-
-    def __init__(self):
-        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-
-    def __enter__(self):
-        self.peak = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-def release_memory() -> None:
-    """Free the last trainer's memory and hand it back to the OS, so the next one's peak RSS starts clean."""
-    import ctypes
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
@@ -83,6 +58,11 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 2.
     return 2 * size**3 * runs / (time.perf_counter() - start) / 1e9
 
 
+def step_order(config, steps: int, num_examples: int) -> list[int]:
+    """The training examples tunesmith's loop takes, step by step; TRL is given them in this order too."""
+    return [i for step in range(steps) for part in step_examples(step, num_examples, config.training) for i in part]
+
+
 def tunesmith_run(config, steps: int) -> dict:
     """Train `steps` steps with tunesmith's defaults; timing is the training loop's own (model load excluded)."""
     paths = prepare(config).paths
@@ -94,11 +74,10 @@ def tunesmith_run(config, steps: int) -> dict:
         for part in step_examples(step, len(examples), config.training):
             batch = make_batch([examples[i] for i in part], config.training.packing, max_row, 0)
             positions += batch["input_ids"].numel()
-    with PeakRSS() as rss:
-        result = train(paths, config.model, config.training)
+    result = train(paths, config.model, config.training)
     s = result.summary
     return {"real_tokens": s["tokens_seen"], "loss_tokens": s["loss_tokens"], "positions": positions,
-            "seconds": s["train_time_s"], "peak_rss": rss.peak, "model": result.model, "precision": s["precision"]}
+            "seconds": s["train_time_s"], "model": result.model, "precision": s["precision"]}
 
 
 class CountingCollator:
@@ -116,16 +95,22 @@ class CountingCollator:
 
 
 def trl_run(config, steps: int, workdir: str) -> dict:
-    """Train `steps` steps with TRL SFTTrainer on the same tokenized examples and masking."""
+    """Train `steps` steps with TRL SFTTrainer on the same tokenized examples, masking and batches.
+
+    TRL's defaults except `bf16=False` (its faster setting here) and a sequential sampler over the examples in
+    tunesmith's step order, so both trainers see the same batches and their test losses compare precision and
+    numerics, not luck of the draw. Its default gradient checkpointing stays on.
+    """
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     paths = prepare(config).paths
     train_set, _, _ = load_prepared(paths)
+    order = step_order(config, steps, len(train_set))
     data = Dataset.from_dict({
-        "input_ids": train_set["input_ids"],
-        "completion_mask": [[int(l != -100) for l in labels] for labels in train_set["labels"]],
+        "input_ids": [train_set["input_ids"][i] for i in order],
+        "completion_mask": [[int(l != -100) for l in train_set["labels"][i]] for i in order],
     })
     t = config.training
     args = SFTConfig(output_dir=workdir, max_steps=steps, per_device_train_batch_size=t.batch_size,
@@ -134,7 +119,7 @@ def trl_run(config, steps: int, workdir: str) -> dict:
                      max_grad_norm=t.max_grad_norm, seed=t.seed, bf16=False, fp16=False, use_cpu=True,
                      logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[],
                      max_length=config.tokenization.max_length, completion_only_loss=True,
-                     dataloader_num_workers=0, disable_tqdm=True)
+                     train_sampling_strategy="sequential", dataloader_num_workers=0, disable_tqdm=True)
     model = load_model(config.model, dtype=torch.float32)
     peft_config = None
     if t.method == "lora":
@@ -143,12 +128,45 @@ def trl_run(config, steps: int, workdir: str) -> dict:
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=load_tokenizer(config.model),
                          peft_config=peft_config)
     trainer.data_collator = counter = CountingCollator(trainer.data_collator)
-    with PeakRSS() as rss:
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
     return {"real_tokens": counter.real, "loss_tokens": counter.loss, "positions": counter.positions,
-            "seconds": seconds, "peak_rss": rss.peak, "model": trainer.model, "precision": "fp32"}
+            "seconds": seconds, "model": trainer.model, "precision": "fp32"}
+
+
+def bench_config(args, method: str, workdir: str):
+    lr = 2e-5 if method == "full" else 2e-4
+    return load_config(None, [
+        f"model.name={args.model}", f"data.path={args.data}", f"training.method={method}",
+        f"training.max_steps={args.steps}", f"training.batch_size={args.batch_size}",
+        f"training.learning_rate={lr}", "training.lr_scheduler=linear", "training.warmup_steps=0",
+        f"tokenization.max_length={args.max_length}", "split.test_size=40",
+        f"output.runs_dir={workdir}", f"output.name=bench-{method}"])
+
+
+def child(args) -> None:
+    """One trainer, one method, in this fresh process; prints its figures as one JSON line."""
+    config = bench_config(args, args.method, args.workdir)
+    run = tunesmith_run(config, args.steps) if args.child == "tunesmith" else \
+        trl_run(config, args.steps, f"{args.workdir}/trl-{args.method}")
+    _, test_set, _ = load_prepared(prepare(config).paths)
+    examples = [{"input_ids": i, "labels": l} for i, l in zip(test_set["input_ids"], test_set["labels"])]
+    model = run.pop("model")
+    model.eval()
+    run["test_loss"] = response_loss(model, examples, 0, progress=False)["loss"]
+    run["peak_rss"] = peak_rss_bytes()
+    print(json.dumps(run))
+
+
+def run_child(args, name: str, method: str, workdir: str) -> dict:
+    command = [sys.executable, __file__, "--child", name, "--method", method, "--workdir", workdir,
+               "--data", args.data, "--model", args.model, "--steps", str(args.steps),
+               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=os.environ)
+    if done.returncode:
+        sys.exit(f"{name} {method} run failed (exit {done.returncode}); rerun it alone: {' '.join(command)}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def report_line(name: str, r: dict, flops_per_token: float, peak_bf16: float) -> str:
@@ -168,34 +186,27 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--methods", default="full,lora")
     parser.add_argument("--rounds", type=int, default=1, help="alternations of tunesmith and TRL per method")
+    parser.add_argument("--child", choices=["tunesmith", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.environ.setdefault("TUNESMITH_HOME", str(Path.home() / ".cache" / "tunesmith"))
+    if args.child:
+        return child(args)
 
     peak_bf16, peak_fp32 = matmul_peak_gflops(torch.bfloat16), matmul_peak_gflops(torch.float32)
     print(f"matmul peak on this machine: bf16 {peak_bf16:.0f} GFLOP/s, fp32 {peak_fp32:.0f} GFLOP/s, "
           f"{torch.get_num_threads()} threads")
     workdir = tempfile.mkdtemp(prefix="tunesmith-bench-")
-    os.environ.setdefault("TUNESMITH_HOME", str(Path.home() / ".cache" / "tunesmith"))
     for method in args.methods.split(","):
-        lr = 2e-5 if method == "full" else 2e-4
-        config = load_config(None, [
-            f"model.name={args.model}", f"data.path={args.data}", f"training.method={method}",
-            f"training.max_steps={args.steps}", f"training.batch_size={args.batch_size}",
-            f"training.learning_rate={lr}", "training.lr_scheduler=linear", "training.warmup_steps=0",
-            f"tokenization.max_length={args.max_length}", "split.test_size=40",
-            f"output.runs_dir={workdir}", f"output.name=bench-{method}"])
+        config = bench_config(args, method, workdir)
+        prepare(config)  # once, here, so no child's time or memory includes it
         params = sum(p.numel() for p in load_model(config.model).parameters())
         flops_per_token = (6 if method == "full" else 4) * params
         results: dict[str, list[dict]] = {"tunesmith": [], "trl": []}
         for _ in range(args.rounds):
             for name in ("tunesmith", "trl"):
-                run = tunesmith_run(config, args.steps) if name == "tunesmith" else \
-                    trl_run(config, args.steps, f"{workdir}/trl-{method}")
-                _, test_set, _ = load_prepared(prepare(config).paths)
-                examples = [{"input_ids": i, "labels": l} for i, l in zip(test_set["input_ids"], test_set["labels"])]
-                run["model"].eval()
-                run["test_loss"] = response_loss(run.pop("model"), examples, 0, progress=False)["loss"]
-                results[name].append(run)
-                release_memory()
+                results[name].append(run_child(args, name, method, workdir))
         best = {name: max(runs, key=lambda r: r["real_tokens"] / r["seconds"]) for name, runs in results.items()}
         print(f"\n== {method} finetuning, {args.steps} steps, batch {args.batch_size}, max_length {args.max_length}, "
               f"{params / 1e6:.0f}M parameters, {flops_per_token / params:.0f} FLOPs/param/token")
@@ -206,7 +217,7 @@ def main() -> None:
         ts, trl = best["tunesmith"], best["trl"]
         print(f"tunesmith/TRL: real tokens/s x{(ts['real_tokens'] / ts['seconds']) / (trl['real_tokens'] / trl['seconds']):.2f}, "
               f"peak RSS x{ts['peak_rss'] / trl['peak_rss']:.2f}, "
-              f"test loss {ts['test_loss'] / trl['test_loss'] - 1:+.2%}")
+              f"test loss {ts['test_loss'] / trl['test_loss'] - 1:+.2%}", flush=True)
 
 
 if __name__ == "__main__":
