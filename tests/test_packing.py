@@ -50,13 +50,15 @@ class TestCollatePacked:
         assert "attention_mask" not in batch  # a 2-D mask would switch off the per-example attention
 
 
-@pytest.fixture(scope="module")
-def loss_model(tiny_model_dir):
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def loss_model(tiny_model_dir, request):
+    """Both attention paths: sdpa (GPU, evaluation) and eager (the trainer's choice on CPU)."""
     from transformers import AutoModelForCausalLM
 
     from tunesmith.train import CausalLMLoss
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                 attn_implementation=request.param)
     return CausalLMLoss(model).eval()
 
 
