@@ -41,14 +41,14 @@ def grads_after(forward, model, micro_batches) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_matrix_weights_leave_out_the_tied_output_layer_and_lora_adapters(loss_model):
+def test_matrix_weights_are_the_linear_layers_but_not_lora_adapters(loss_model):
     from peft import LoraConfig, get_peft_model
 
     names = matrix_weights(loss_model)
-    assert "model.model.layers.0.self_attn.q_proj.weight" in names
-    assert not any("lm_head" in n or "embed" in n for n in names)
+    assert {"model.model.layers.0.self_attn.q_proj.weight", "model.lm_head.weight"} <= set(names)
+    assert not any("embed" in n for n in names)
     lora = get_peft_model(copy.deepcopy(loss_model.model), LoraConfig(r=4, target_modules="all-linear"))
-    assert names and all(".lora_" not in n and "base_layer" in n for n in matrix_weights(lora))
+    assert names and all("base_layer" in n or n.endswith("lm_head.weight") for n in matrix_weights(lora))
 
 
 def test_copies_give_the_masters_the_gradients_of_autocast_over_fp32_weights(loss_model):
@@ -61,6 +61,10 @@ def test_copies_give_the_masters_the_gradients_of_autocast_over_fp32_weights(los
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7, msg=name)
     assert all(c.grad is None for c in copies.copies.values())  # freed once added to the master
+    embedding = loss_model.model.get_input_embeddings()
+    assert embedding.sparse and embedding.weight.grad.layout == torch.strided  # sparse rows added into dense
+    copies.close()
+    assert not embedding.sparse
 
 
 def test_refresh_rounds_the_updated_masters_into_the_copies(loss_model):
@@ -111,6 +115,7 @@ def test_bf16_training_with_working_weights_matches_plain_autocast_step_for_step
     config, plain_paths = make_run(*overrides, name="plain")
     plain = train_run(config, plain_paths)
 
-    assert losses(paths) == pytest.approx(losses(plain_paths), rel=1e-5)
-    assert with_copies.final_test_loss == pytest.approx(plain.final_test_loss, rel=1e-5)
+    # Same numbers up to the order of fp32 additions (the tied output layer's and embedding's gradients).
+    assert losses(paths) == pytest.approx(losses(plain_paths), rel=1e-4)
+    assert with_copies.final_test_loss == pytest.approx(plain.final_test_loss, rel=1e-4)
     assert {p.dtype for p in with_copies.model.parameters()} == {torch.float32}

@@ -630,6 +630,8 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, res
         shutil.rmtree(best_file.parent, ignore_errors=True)  # stale: the final weights are the best
     for hook in lora_hooks:
         hook.remove()
+    if copies:
+        copies.close()
     if frozen_in_bf16:
         restore_frozen(model, model_cfg)
     elapsed = time.perf_counter() - started
