@@ -29,7 +29,7 @@ test-slow: install
 
 bench: install
 	$(PIP) install -q -e '.[bench]'
-	$(PY) bench/train_throughput.py
+	$(PY) bench/train_throughput.py --steps 12 --rounds 2
 
 clean:
 	rm -rf $(VENV) runs
