@@ -441,7 +441,9 @@ class TestSelfInstructLive:
     def test_ctrl_c_keeps_what_was_written_and_says_so(self, tmp_path):
         out = tmp_path / "gen.jsonl"
         with fake_teacher("good", delay=0.25) as server:
-            process = _start_cli("self-instruct", ["--seeds", str(SEEDS), "-n", "40", "--out", str(out),
+            # 400 examples take ~12 s at this teacher's pace, so the run is still going when Ctrl-C comes (with
+            # 40, a loaded machine once let it finish first and exit 0).
+            process = _start_cli("self-instruct", ["--seeds", str(SEEDS), "-n", "400", "--out", str(out),
                                                    "--tasks-per-request", "2", "--teacher-url", server.url,
                                                    "--no-progress"])
             _kill_when(process, lambda: out.is_file() and out.stat().st_size > 0, sig=signal.SIGINT)
