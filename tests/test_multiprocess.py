@@ -98,3 +98,27 @@ def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch, tmp_path)
     assert main(["train", str(config_file), "--nproc", "3", "--set", "training.seed=7", "--resume"]) == 0
     assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
                       "-m", "tunesmith", "train", str(config_file), "--set", "training.seed=7", "--resume"]]
+
+
+def test_two_processes_train_lora_in_bf16_with_the_base_stored_in_bf16(tmp_path, tiny_model_dir):
+    """The frozen base is converted to bf16 in every process (bf16_weights.frozen_to_bf16) before DDP wraps the
+    model; the processes must still agree on every weight, and the saved base must be back in fp32."""
+    from safetensors.torch import load_file
+
+    write_qa(tmp_path / "qa.jsonl")
+    config_file = tmp_path / "lora.yaml"
+    config_file.write_text(f"model: {{name: {tiny_model_dir}}}\ndata: {{path: qa.jsonl}}\nsplit: {{test_size: 2}}\n"
+                           f"training: {{method: lora, max_steps: 2, batch_size: 2, precision: bf16, "
+                           f"learning_rate: 0.001, num_threads: 1}}\n"
+                           f"output: {{runs_dir: {tmp_path / 'runs'}, name: lora}}\n")
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(script), str(config_file), str(tmp_path)],
+                              capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    weights = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert any("lora_A" in name for name in weights[0])
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+    assert {w.dtype for w in weights[0].values()} == {torch.float32}

@@ -10,6 +10,8 @@ Choices that make this trainer better than a generic one:
 - Examples are packed into rows (see packing.py), so almost no compute goes to padding.
 - The output layer runs only at loss-bearing positions, in chunks, so memory never scales with
   sequence × vocabulary.
+- In bf16, matrix weights are cast once per step (LoRA's frozen base once per run), not in every forward and
+  backward as plain autocast does: the same numbers, less time (bf16_weights.py).
 - The learning rate is a pure function of the step, and the data order a pure function of seed and epoch, so a
   resumed run continues exactly where it stopped; checkpoints are written atomically with a `latest` pointer
   written last.
