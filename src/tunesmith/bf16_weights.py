@@ -102,12 +102,9 @@ def frozen_to_bf16(model: torch.nn.Module) -> int:
     for p in frozen:
         p.data = p.data.to(torch.bfloat16)
     if frozen:
-        for module in model.modules():
-            for p in module.parameters(recurse=False):
-                if p.dtype != torch.bfloat16:
-                    p.data = p.data.clone()
-            for name, buffer in module.named_buffers(recurse=False):
-                module._buffers[name] = buffer.clone()
+        for tensor in [*model.parameters(), *model.buffers()]:  # each shared (tied) tensor once
+            if tensor.dtype != torch.bfloat16:
+                tensor.data = tensor.data.clone()
     return len(frozen)
 
 
