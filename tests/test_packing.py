@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunesmith.packing import collate_packed, pack_rows
+from tunesmith import packing
+from tunesmith.packing import collate_packed, example_spans, length_buckets, pack_rows, packed_attention, \
+    packed_layout, register_packed_attention
 from tunesmith.tokenization import IGNORE_INDEX, pad_collate
 
 
@@ -50,15 +52,66 @@ class TestCollatePacked:
         assert "attention_mask" not in batch  # a 2-D mask would switch off the per-example attention
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
+class TestPackedLayout:
+    def test_examples_start_where_positions_stop_growing_by_one(self):
+        assert example_spans([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 0]]) == [(0, 3), (3, 2), (6, 4)]
+
+    def test_one_token_examples_and_padding_have_no_span(self):
+        assert example_spans([[0, 0, 0, 1, 0]]) == [(2, 2)]
+
+    def test_similar_lengths_share_a_bucket_and_a_long_one_does_not_inflate_the_short(self):
+        assert length_buckets([300, 20, 25, 310]) == [[3, 0], [2, 1]]
+        assert length_buckets([70, 65, 72, 70]) == [[2, 0, 3, 1]]
+        assert length_buckets([]) == []
+
+    def test_scatter_sends_padding_to_the_zero_row_and_every_token_to_its_own_place(self):
+        layout = packed_layout(torch.tensor([[0, 1, 2, 0, 1, 0]]))
+        (gather,) = layout.gather
+        assert gather.tolist() == [[0, 1, 2], [3, 4, 4]]  # the shorter example repeats its last position
+        assert layout.scatter.tolist() == [0, 1, 2, 3, 4, 6]  # 6 = the zero row after 2 x 3 outputs
+
+
+def block_diagonal_attention(query, key, value, position_ids, scaling):
+    """Reference: every query against every key of its row, masked to its own example and the past (fp32)."""
+    example = (position_ids != torch.roll(position_ids, 1, dims=1) + 1).long().cumsum(1)
+    allowed = (example[:, :, None] == example[:, None, :]) & torch.ones(position_ids.shape[1], position_ids.shape[1],
+                                                                        dtype=torch.bool).tril()
+    group = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1)
+    scores = (query @ key.transpose(2, 3) * scaling).masked_fill(~allowed[:, None], float("-inf"))
+    return (scores.softmax(-1) @ value).transpose(1, 2)
+
+
+@pytest.mark.parametrize("bucket_overhead", [0, packing.BUCKET_OVERHEAD], ids=["many-buckets", "one-bucket"])
+def test_packed_attention_equals_block_diagonal_attention_with_grouped_heads(monkeypatch, bucket_overhead):
+    monkeypatch.setattr(packing, "BUCKET_OVERHEAD", bucket_overhead)
+    position_ids = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 0], [0, 1, 0, 1, 2, 0, 1, 2, 3, 0, 0, 0]])
+    layout = packed_layout(position_ids)
+    assert len(layout.gather) > 1 if bucket_overhead == 0 else len(layout.gather) == 1
+    torch.manual_seed(0)
+    query = torch.randn(2, 4, 12, 8, requires_grad=True)
+    key, value = torch.randn(2, 2, 12, 8, requires_grad=True), torch.randn(2, 2, 12, 8, requires_grad=True)
+    expected = block_diagonal_attention(query, key, value, position_ids, 0.3)
+    got, _ = packed_attention(torch.nn.Module(), query, key, value, None, scaling=0.3, packed_layout=layout)
+    real = (layout.scatter < layout.scatter.max()).view(2, 12)  # positions in an example of 2+ tokens
+    torch.testing.assert_close(got[real], expected[real], rtol=1e-5, atol=1e-6)
+    assert not got[~real].any()  # one-token examples and padding: nothing attends to them, no loss reads them
+    weights = torch.randn_like(expected) * real[:, :, None, None]
+    grads = torch.autograd.grad((got * weights).sum(), (query, key, value))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (query, key, value))
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager", "packed"])
 def loss_model(tiny_model_dir, request):
-    """Both attention paths: sdpa (GPU, evaluation) and eager (the trainer's choice on CPU)."""
+    """Every attention path: sdpa (GPU, evaluation), eager, and per-example attention (the trainer's on CPU)."""
     from transformers import AutoModelForCausalLM
 
     from tunesmith.train import CausalLMLoss
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
-                                                 attn_implementation=request.param)
+    name = register_packed_attention() if request.param == "packed" else request.param
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=name)
     return CausalLMLoss(model).eval()
 
 
