@@ -212,7 +212,23 @@ def test_plain_model_needs_a_data_file(tiny_model_dir):
         ev.evaluate(str(tiny_model_dir), ["model"], EvalConfig())
 
 
-def test_response_loss_runs_the_head_on_answer_tokens_only_in_chunks(tiny_model_dir, tokenizer, capsys):
+def logits_shapes(monkeypatch, vocab_size: int) -> list:
+    """Records the shape of every matrix product that yields logits (rows x vocabulary) from now on."""
+    import torch
+
+    shapes, matmul = [], torch.Tensor.__matmul__
+
+    def recording(a, b):
+        out = matmul(a, b)
+        if out.shape[-1] == vocab_size:
+            shapes.append(out.shape)
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", recording)
+    return shapes
+
+
+def test_response_loss_runs_the_head_on_answer_tokens_only_in_chunks(tiny_model_dir, tokenizer, capsys, monkeypatch):
     """The output head never sees prompt positions and at most `chunk_tokens` rows at once (no big logits)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -221,8 +237,7 @@ def test_response_loss_runs_the_head_on_answer_tokens_only_in_chunks(tiny_model_
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     examples = [encode_record(r, tokenizer, TemplateConfig(), TokenizationConfig(), 512) for r in _records(6)]
-    rows_seen = []
-    model.get_output_embeddings().register_forward_hook(lambda module, args, out: rows_seen.append(args[0].shape))
+    rows_seen = logits_shapes(monkeypatch, model.config.vocab_size)
     result = ev.response_loss(model, examples, tokenizer.pad_token_id, batch_size=4, chunk_tokens=8, progress=True)
     assert all(len(shape) == 2 and shape[0] <= 8 for shape in rows_seen)
     answer_tokens = sum(sum(label != IGNORE_INDEX for label in e["labels"][1:]) for e in examples)
@@ -238,7 +253,7 @@ def test_run_without_test_split_fails_before_loading_a_model(tmp_path):
         ev.evaluate("no-such-model", ["finetuned"], EvalConfig(), paths=paths)
 
 
-def test_loss_over_1000_examples_shows_progress_and_never_builds_full_logits(tiny_model_dir, capsys):
+def test_loss_over_1000_examples_shows_progress_and_never_builds_full_logits(tiny_model_dir, capsys, monkeypatch):
     """Issue 4: a 1,000-example test set; logits exist only for <= chunk rows of answer tokens at a time."""
     import random
 
@@ -251,9 +266,9 @@ def test_loss_over_1000_examples_shows_progress_and_never_builds_full_logits(tin
     for _ in range(1000):
         ids = [rng.randrange(3, 49152) for _ in range(rng.randrange(12, 40))]
         examples.append({"input_ids": ids, "labels": [-100] * (len(ids) - 6) + ids[-6:]})
-    largest = []
-    model.get_output_embeddings().register_forward_hook(lambda module, args, out: largest.append(out.numel()))
+    logits = logits_shapes(monkeypatch, model.config.vocab_size)
     result = ev.response_loss(model, examples, 2, batch_size=32, chunk_tokens=64, progress=True)
     assert result["tokens"] == 1000 * 6  # every answer token is predicted from the one before it
-    assert max(largest) <= 64 * 49152  # never a (batch x positions x vocabulary) tensor
+    assert sum(shape[0] for shape in logits) == 1000 * 6
+    assert max(shape.numel() for shape in logits) <= 64 * 49152  # never a (batch x positions x vocabulary) tensor
     assert "1000/1000" in capsys.readouterr().err

@@ -1,20 +1,27 @@
 """Cross-entropy at loss-bearing positions only, shared by training and evaluation.
 
 Only positions whose (shifted) label is not IGNORE_INDEX go through the output layer, a chunk of rows at a time,
-so no (sequence x vocabulary) logits tensor is ever built for prompt or padding tokens. With gradients on, each
-chunk's logits are recomputed in the backward pass instead of kept, so memory stays bounded by chunk x vocabulary.
+so no (sequence x vocabulary) logits tensor is ever built for prompt or padding tokens.
+
+With gradients on, a plain linear output layer and the cross-entropy run as one step (LinearCrossEntropy) that
+computes its gradients during the forward pass, while each chunk's logits are at hand: the logits are made once
+(not again in backward), turned in place into their gradient, and never exist in fp32 beyond a few rows at a
+time. On a 2-core CPU that is ~0.1 s of a 2 s SmolLM2 step (log-softmax passes, fp32 copies, zero-fills and the
+page faults of fresh 40 MB logits), and memory stays bounded by chunk x vocabulary in the weight's dtype.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from tunesmith.tokenization import IGNORE_INDEX
 
 HEAD_CHUNK_ROWS = 1024
 """Loss-bearing positions sent through the output layer at once; bounds logits memory to rows × vocabulary."""
+
+SOFTMAX_ROWS = 64
+"""Rows of logits taken to fp32 at once for the softmax (64 × a 49k vocabulary = 12 MB)."""
 
 
 def token_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
@@ -27,20 +34,66 @@ def token_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Mo
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
     rows, targets = hidden[:, :-1][keep], targets[keep]
-
-    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()
-        if softcap:
-            logits = softcap * torch.tanh(logits / softcap)
-        return F.cross_entropy(logits, t, reduction="sum")
-
-    if len(rows) <= chunk_rows:
-        return chunk_loss(rows, targets)
+    if type(head) is torch.nn.Linear and head.bias is None:
+        weight = head.weight
+        if torch.is_autocast_enabled(rows.device.type):
+            dtype = torch.get_autocast_dtype(rows.device.type)
+            rows, weight = rows.to(dtype), weight.to(dtype)  # what autocast would do for the matmul
+        rows = rows.to(weight.dtype)
+        grads = torch.is_grad_enabled() and rows.requires_grad, torch.is_grad_enabled() and weight.requires_grad
+        return LinearCrossEntropy.apply(rows, weight, targets, softcap, chunk_rows, grads)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, len(rows), chunk_rows):
-        part = slice(start, start + chunk_rows)
-        if torch.is_grad_enabled():
-            total = total + checkpoint(chunk_loss, rows[part], targets[part], use_reentrant=False)
-        else:
-            total = total + chunk_loss(rows[part], targets[part])
+        logits = head(rows[start:start + chunk_rows]).float()
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        total = total + F.cross_entropy(logits, targets[start:start + chunk_rows], reduction="sum")
     return total
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum(cross_entropy(rows @ weight.T, targets)), with the gradients that `grads` (rows, weight) asks for
+    computed in the forward pass.
+
+    The logits of a chunk are made in the weight's dtype, taken to fp32 a few rows at a time for the
+    log-sum-exp (as cross_entropy on `.float()` logits does) and overwritten by their gradient
+    softmax - one_hot; two matrix products then give the gradients of rows and weight. Backward only scales
+    them by the incoming gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weight, targets, softcap, chunk_rows, grads):
+        grad_rows = torch.empty_like(rows) if grads[0] else None
+        grad_weight = torch.zeros_like(weight) if grads[1] and len(rows) == 0 else None
+        total = torch.zeros((), dtype=torch.float32, device=rows.device)
+        with torch.autocast(rows.device.type, enabled=False):
+            for start in range(0, len(rows), chunk_rows):
+                part, part_targets = rows[start:start + chunk_rows], targets[start:start + chunk_rows]
+                logits = part @ weight.T
+                for first in range(0, len(part), SOFTMAX_ROWS):
+                    block, block_targets = logits[first:first + SOFTMAX_ROWS], part_targets[first:first + SOFTMAX_ROWS]
+                    z = block.float()
+                    if softcap:
+                        z = softcap * torch.tanh(z / softcap)
+                    log_norm = torch.logsumexp(z, dim=-1)
+                    total += (log_norm - z.gather(1, block_targets[:, None]).squeeze(1)).sum()
+                    if any(grads):
+                        slope = 1 - (z / softcap) ** 2 if softcap else None
+                        z = z.sub_(log_norm[:, None]).exp_()
+                        z[torch.arange(len(z), device=z.device), block_targets] -= 1
+                        block.copy_(z.mul_(slope) if softcap else z)
+                if grads[0]:
+                    grad_rows[start:start + chunk_rows] = logits @ weight
+                if grads[1]:  # summed over chunks in fp32
+                    part_grad = logits.T @ part
+                    grad_weight = part_grad if grad_weight is None else grad_weight.float().add_(part_grad)
+        ctx.grads = grad_rows, None if grad_weight is None else grad_weight.to(weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_rows, grad_weight = ctx.grads
+        ctx.grads = None  # scaled in place below: a second backward must not reuse them
+        return (None if grad_rows is None else grad_rows.mul_(grad_total.to(grad_rows.dtype)),
+                None if grad_weight is None else grad_weight.mul_(grad_total.to(grad_weight.dtype)),
+                None, None, None, None)
