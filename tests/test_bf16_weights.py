@@ -86,8 +86,10 @@ def test_frozen_base_in_bf16_keeps_outputs_and_is_restored_exactly_from_the_mode
     batch = batches()[0]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         before = CausalLMLoss(model)(**batch)
-    assert frozen_to_bf16(model) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
+    assert frozen_to_bf16(model) == 2 * 7 + 1  # 2 layers x (q, k, v, o, gate, up, down) + the output layer
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
+    # The tied output layer got a bf16 weight of its own; the lookup keeps fp32 rows (fp32 residual stream).
+    assert base.lm_head.weight.dtype == torch.bfloat16 and base.model.embed_tokens.weight.dtype == torch.float32
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert CausalLMLoss(model)(**batch) == before
 
@@ -96,6 +98,8 @@ def test_frozen_base_in_bf16_keeps_outputs_and_is_restored_exactly_from_the_mode
     q_proj = model.get_base_model().model.layers[1].self_attn.q_proj
     assert torch.equal(q_proj.base_layer.weight, original.model.layers[1].self_attn.q_proj.weight)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert base.lm_head.weight is base.model.embed_tokens.weight  # tied again, as saved models expect
+    assert torch.equal(base.lm_head.weight, original.lm_head.weight)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
