@@ -6,8 +6,9 @@ paths) builds a block-diagonal causal mask: a new example starts wherever the po
 Passing any 2-D mask, even all ones, turns that detection off and lets packed examples see each other, and so
 does a KV cache; the trainer therefore calls the model with `use_cache=False` and no attention mask.
 
-The mask is quadratic in the row length, so rows are capped at a token budget (the data's `max_length`)
-rather than concatenating a whole batch into one long row.
+That mask is quadratic in the row length, so rows are capped at a token budget (the data's `max_length`)
+rather than concatenating a whole batch into one long row. On CPU the trainer goes further and computes
+attention per example (`packed_attention`, a transformers attention function), where no mask is needed.
 """
 
 from __future__ import annotations
