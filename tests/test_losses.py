@@ -97,3 +97,11 @@ def test_without_gradients_only_the_logits_are_multiplied(batch, monkeypatch):
         loss = losses.token_loss_sum(hidden, labels, head)
     assert loss.item() == pytest.approx(reference_loss(hidden, labels, head).item(), rel=1e-5)
     assert len(products) == 1
+
+
+def test_fp16_keeps_the_plain_path_whose_gradients_see_the_loss_scale(batch, monkeypatch):
+    hidden, labels, head = batch
+    monkeypatch.setattr(losses.LinearCrossEntropy, "apply", lambda *args: pytest.fail("fused path taken in fp16"))
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = losses.token_loss_sum(hidden, labels, head)
+    assert loss.item() == pytest.approx(reference_loss(hidden, labels, head).item(), rel=1e-2)
