@@ -14,8 +14,12 @@ attention per example (`packed_attention`, a transformers attention function), w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tunesmith.tokenization import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import torch
 
 MIN_ROW_TOKENS = 512
 """Packed rows may hold this many tokens even when examples are short: with rows of even width, fewer and
@@ -102,8 +106,8 @@ class PackedLayout:
     nothing attends to and no loss reads).
     """
 
-    gather: list
-    scatter: object
+    gather: list[torch.Tensor]
+    scatter: torch.Tensor
 
 
 def example_spans(position_ids: list[list[int]]) -> list[tuple[int, int]]:
@@ -152,9 +156,7 @@ def packed_layout(position_ids) -> PackedLayout:
     import torch
 
     spans = example_spans(position_ids.tolist())
-    total = position_ids.numel()
-    scatter = torch.full((total,), 0, dtype=torch.long)
-    scatter_parts, gather, offset = [], [], 0
+    gather, places, offset = [], [], 0  # places: (flat start, length, place of its first output)
     for bucket in length_buckets([length for _, length in spans]):
         longest = spans[bucket[0]][1]
         index = torch.empty((len(bucket), longest), dtype=torch.long)
@@ -162,11 +164,11 @@ def packed_layout(position_ids) -> PackedLayout:
             start, length = spans[i]
             index[e, :length] = torch.arange(start, start + length)
             index[e, length:] = start + length - 1
-            scatter_parts.append((start, length, offset + e * longest))
+            places.append((start, length, offset + e * longest))
         gather.append(index.to(position_ids.device))
         offset += len(bucket) * longest
-    scatter.fill_(offset)  # the zero row
-    for start, length, place in scatter_parts:
+    scatter = torch.full((position_ids.numel(),), offset, dtype=torch.long)  # `offset`: the zero row
+    for start, length, place in places:
         scatter[start:start + length] = torch.arange(place, place + length)
     return PackedLayout(gather, scatter.to(position_ids.device))
 
