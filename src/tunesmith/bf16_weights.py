@@ -105,11 +105,11 @@ def frozen_to_bf16(model: torch.nn.Module) -> int:
     frozen = [p for p in weights.values() if not p.requires_grad and id(p) not in tied]
     for p in frozen:
         p.data = p.data.to(torch.bfloat16)
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and ".lora_" not in name and id(module.weight) in tied and \
-                not module.weight.requires_grad:
-            module.weight = torch.nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
-            frozen.append(module.weight)
+    for name, p in weights.items():  # a frozen output layer tied to the embedding: a bf16 weight of its own
+        if id(p) in tied and not p.requires_grad:
+            layer = model.get_submodule(name.removesuffix(".weight"))
+            layer.weight = torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False)
+            frozen.append(layer.weight)
     if frozen:
         for tensor in [*model.parameters(), *model.buffers()]:  # each shared (tied) tensor once
             if tensor.dtype != torch.bfloat16:

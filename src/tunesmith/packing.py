@@ -103,11 +103,13 @@ class PackedLayout:
     (examples, longest) of flat row positions (each example's last position repeated after its end: causal
     attention never lets a real token see them). `scatter` maps every flat row position to its place in the
     buckets' outputs laid end to end, or to one zero row after them (padding and one-token examples, which
-    nothing attends to and no loss reads).
+    nothing attends to and no loss reads). `causal[b]` is bucket b's additive causal mask, made once for all
+    layers.
     """
 
     gather: list[torch.Tensor]
     scatter: torch.Tensor
+    causal: list[torch.Tensor]
 
 
 def example_spans(position_ids: list[list[int]]) -> list[tuple[int, int]]:
@@ -170,7 +172,9 @@ def packed_layout(position_ids) -> PackedLayout:
     scatter = torch.full((position_ids.numel(),), offset, dtype=torch.long)  # `offset`: the zero row
     for start, length, place in places:
         scatter[start:start + length] = torch.arange(place, place + length)
-    return PackedLayout(gather, scatter.to(position_ids.device))
+    causal = [torch.full((index.shape[1],) * 2, float("-inf"), device=position_ids.device).triu(1)
+              for index in gather]
+    return PackedLayout(gather, scatter.to(position_ids.device), causal)
 
 
 def packed_attention(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0,
@@ -198,15 +202,14 @@ def packed_attention(module, query, key, value, attention_mask, scaling: float, 
         return flat.index_select(0, index.flatten()).view(*index.shape, *flat.shape[1:]).transpose(1, 2)
 
     outputs = []
-    for index in packed_layout.gather:
+    for index, causal in zip(packed_layout.gather, packed_layout.causal):
         examples, longest = index.shape
         # The query heads sharing a key head are stacked along the query axis: one plain batched matmul, no
         # repeated keys and values (grouped-query attention).
         q = per_example(query, index).reshape(examples, kv_heads, group * longest, query.shape[-1])
         k, v = per_example(key, index), per_example(value, index)
-        causal = torch.full((longest, longest), float("-inf"), device=query.device).triu(1).repeat(group, 1)
-        scores = torch.matmul(q, k.transpose(2, 3)) * scaling + causal
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        scores = torch.matmul(q, k.transpose(2, 3)).view(examples, kv_heads, group, longest, longest) * scaling
+        probs = F.softmax(scores + causal, dim=-1, dtype=torch.float32).to(query.dtype).view(q.shape[:-1] + (-1,))
         probs = F.dropout(probs, p=dropout, training=module.training)
         out = torch.matmul(probs, v).view(examples, heads, longest, -1).transpose(1, 2)
         outputs.append(out.reshape(examples * longest, -1))
