@@ -34,11 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tunesmith.config import load_config  # noqa: E402
-from tunesmith.evaluation import response_loss  # noqa: E402
+from tunesmith.evaluate.run import response_loss  # noqa: E402
 from tunesmith.models import load_model, load_tokenizer  # noqa: E402
-from tunesmith.packing import MIN_ROW_TOKENS  # noqa: E402
-from tunesmith.prepare import load_prepared, prepare  # noqa: E402
-from tunesmith.train import make_batch, step_examples, train  # noqa: E402
+from tunesmith.modeling.packing import MIN_ROW_TOKENS  # noqa: E402
+from tunesmith.prepare.pipeline import load_prepared, prepare  # noqa: E402
+from tunesmith.modeling.batches import make_batch  # noqa: E402
+from tunesmith.train.loop import step_examples, train  # noqa: E402
 
 
 def peak_rss_bytes() -> int:

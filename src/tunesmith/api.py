@@ -16,11 +16,11 @@ if TYPE_CHECKING:
     from tunesmith.config import (Config, DataConfig, FromDocsConfig, ModelConfig, SelfInstructConfig, ServeConfig,
                                   TeacherConfig, TemplateConfig, TokenizationConfig)
     from tunesmith.data.stats import DataInspection
-    from tunesmith.datagen import DatagenSummary
-    from tunesmith.export import ExportResult
-    from tunesmith.generate import GenerationOptions
-    from tunesmith.prepare import PrepareResult
-    from tunesmith.train import TrainResult
+    from tunesmith.datagen.generators import DatagenSummary
+    from tunesmith.use.export import ExportResult
+    from tunesmith.use.generation import GenerationOptions
+    from tunesmith.prepare.pipeline import PrepareResult
+    from tunesmith.train.loop import TrainResult
 
 
 def show_config(config_path: str | None = None, overrides: list[str] | None = None) -> str:
@@ -42,7 +42,7 @@ def prepare_data(config_path: str | None = None, overrides: list[str] | None = N
         DataError: the data is invalid (every problem listed).
     """
     from tunesmith.config import load_config
-    from tunesmith.prepare import prepare
+    from tunesmith.prepare.pipeline import prepare
 
     return prepare(load_config(config_path, overrides))
 
@@ -60,9 +60,9 @@ def evaluate_run(target: str, model: str | None = None, data: str | None = None,
     """
     from pathlib import Path
 
-    from tunesmith import evaluation
+    from tunesmith.evaluate import run as evaluation
     from tunesmith.config import Config
-    from tunesmith.generate import locate_model
+    from tunesmith.use.generation import locate_model
     from tunesmith.runs import open_run
 
     _, info = locate_model(target)
@@ -92,7 +92,7 @@ def generate_self_instruct(seeds: str, out: str, teacher: TeacherConfig, options
         DataError: unreadable seeds or an `out` file this generator did not write.
         ConfigError: the teacher rejects the URL, key or model.
     """
-    from tunesmith import datagen
+    from tunesmith.datagen import generators as datagen
 
     with _teacher(teacher) as t:
         return datagen.self_instruct(seeds, out, t, options, progress=progress)
@@ -106,7 +106,7 @@ def generate_qa_from_docs(docs: str, out: str, teacher: TeacherConfig, options: 
         DataError: no readable documents or an `out` file this generator did not write.
         ConfigError: the teacher rejects the URL, key or model.
     """
-    from tunesmith import datagen
+    from tunesmith.datagen import generators as datagen
 
     with _teacher(teacher) as t:
         return datagen.qa_from_docs(docs, out, t, options, progress=progress)
@@ -115,7 +115,7 @@ def generate_qa_from_docs(docs: str, out: str, teacher: TeacherConfig, options: 
 @contextlib.contextmanager
 def _teacher(config: TeacherConfig):
     """The teacher a config names, its API key read here from the environment variable the config names."""
-    from tunesmith import datagen
+    from tunesmith.datagen import generators as datagen
 
     teacher = datagen.build_teacher(config, api_key=os.environ.get(config.key_env) or None)
     try:
@@ -135,7 +135,7 @@ def generate_answers(target: str, prompts: list[str] | None = None, input_path: 
     Raises:
         DataError: a bad prompts file; RunError/ModelError: the run or model cannot be loaded.
     """
-    from tunesmith.generate import GenerationOptions, as_prompt_record, load_for_inference, read_prompts
+    from tunesmith.use.generation import GenerationOptions, as_prompt_record, load_for_inference, read_prompts
     from tunesmith.runs import atomic_write_text
 
     rows = [({"prompt": p}, as_prompt_record(p)) for p in prompts or []]
@@ -162,7 +162,7 @@ def chat(target: str, options: GenerationOptions | None = None, system: str | No
     import sys
 
     from tunesmith.errors import TunesmithError
-    from tunesmith.generate import ChatSession, GenerationOptions, load_for_inference
+    from tunesmith.use.generation import ChatSession, GenerationOptions, load_for_inference
 
     write = write or sys.stdout.write
     generator = load_for_inference(target, which=which)
@@ -207,8 +207,8 @@ def serve(target: str, limits: ServeConfig | None = None, api_key: str | None = 
         RunError/ModelError: the run or model cannot be loaded.
     """
     from tunesmith.config import ServeConfig
-    from tunesmith.generate import load_for_inference
-    from tunesmith.serve import run_server
+    from tunesmith.use.generation import load_for_inference
+    from tunesmith.use.serve import run_server
 
     limits = limits or ServeConfig()
     run_server(load_for_inference(target, which=which), limits.host, limits.port, api_key=api_key, limits=limits)
@@ -220,7 +220,7 @@ def build_report(run: str, out: str | None = None) -> Path:
     Raises:
         RunError: `run` is not a run folder.
     """
-    from tunesmith import report
+    from tunesmith.report import html as report
     from tunesmith.runs import open_run
 
     paths, _ = open_run(run)
@@ -229,7 +229,7 @@ def build_report(run: str, out: str | None = None) -> Path:
 
 def list_runs(runs_dir: str = "runs") -> tuple[list[str], list[list[str]]]:
     """(header, rows) describing every run under runs_dir: data, model, method, settings, time, loss, metrics."""
-    from tunesmith import report
+    from tunesmith.report import html as report
 
     return report.run_table(report.find_runs(runs_dir))
 
@@ -240,7 +240,7 @@ def compare_runs(runs: list[str]) -> tuple[list[str], list[list[str]]]:
     Raises:
         RunError: one of them is not a run folder.
     """
-    from tunesmith import report
+    from tunesmith.report import html as report
     from tunesmith.runs import open_run
 
     return report.run_table([open_run(run)[0] for run in runs])
@@ -260,8 +260,8 @@ def inspect_data(path: str, data: DataConfig | None = None, model: ModelConfig |
     from tunesmith.data import load_records
     from tunesmith.data.stats import DataInspection, compute_stats, plot_lengths
     from tunesmith.models import context_length, load_model_config, load_tokenizer
-    from tunesmith.templates import resolve_template_name
-    from tunesmith.tokenization import measure_lengths, resolve_max_length
+    from tunesmith.prepare.templates import resolve_template_name
+    from tunesmith.prepare.tokenization import measure_lengths, resolve_max_length
 
     data, model = data or DataConfig(), model or ModelConfig()
     template, tokenization = template or TemplateConfig(), tokenization or TokenizationConfig()
@@ -288,12 +288,12 @@ def train_config(config: Config, resume: bool = False) -> tuple[PrepareResult, T
     Raises:
         ConfigError, DataError, ModelError, TrainingError: what the stages raise, each naming what and where.
     """
-    from tunesmith.prepare import prepare
-    from tunesmith.train import train
+    from tunesmith.prepare.pipeline import prepare
+    from tunesmith.train.loop import train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under accelerate launch / torchrun every process runs this; the first prepares, the others reuse it.
-        from tunesmith.train import process_state
+        from tunesmith.train.loop import process_state
 
         with process_state().main_process_first():
             prepared = prepare(config)
@@ -464,7 +464,7 @@ class Tuner:
 
     def generate(self, prompt: str, **options) -> str:
         """The finetuned model's answer to one prompt, with the template it was trained with."""
-        from tunesmith.generate import GenerationOptions, as_prompt_record, load_for_inference
+        from tunesmith.use.generation import GenerationOptions, as_prompt_record, load_for_inference
 
         if self._generator is None:
             self._generator = load_for_inference(str(self._require_run()))
@@ -514,6 +514,6 @@ def export(run: str, out: str, merge: bool = False, dtype: str = "fp32", gguf: b
         RunError: not a run with a trained model, or `out` would overwrite something that is not an export.
         ModelError: a GGUF export this model's architecture or tokenizer does not support.
     """
-    from tunesmith.export import export_run
+    from tunesmith.use.export import export_run
 
     return export_run(run, out, merge=merge, dtype=dtype, gguf=gguf)

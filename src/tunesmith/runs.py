@@ -183,6 +183,19 @@ def create_run(config: Config) -> RunPaths:
     return paths
 
 
+RUN_INFO_FILE = "tunesmith.json"
+"""Written beside every trained or exported model: base model, method, the template as training rendered it."""
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """A run folder holds the `config.yaml` its run was made from (and is not itself a model folder).
+
+    The one test of "is this a run?" for `eval`, `generate`, `runs list` and the rest.
+    """
+    path = Path(path)
+    return (path / "config.yaml").is_file() and not (path / "config.json").is_file()
+
+
 def open_run(path: str | Path) -> tuple[RunPaths, Config]:
     """Open an existing run folder and its saved config.
 
@@ -190,7 +203,7 @@ def open_run(path: str | Path) -> tuple[RunPaths, Config]:
         RunError: the folder or its config.yaml is missing.
     """
     paths = RunPaths(Path(path))
-    if not paths.config.is_file():
+    if not is_run_folder(paths.root):
         raise RunError(f"{path}: not a run folder (no config.yaml); runs are made by `tunesmith train`")
     return paths, load_config(paths.config)
 

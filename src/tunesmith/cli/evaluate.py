@@ -48,7 +48,7 @@ def _positive(text: str) -> int:
 
 def format_metrics(result: dict) -> str:
     """The eval result as a small table: one column per model, one row per measurement."""
-    from tunesmith.report import METRIC_SHORT, fmt, format_table, ordered_models
+    from tunesmith.report.html import METRIC_SHORT, fmt, format_table, ordered_models
 
     models = result.get("models") or {}
     labels = ordered_models(models)
@@ -84,7 +84,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _print_table(header: list[str], rows: list[list[str]], empty: str) -> None:
-    from tunesmith.report import format_table
+    from tunesmith.report.html import format_table
 
     print(format_table(header, rows) if rows else empty)
 

@@ -102,7 +102,7 @@ def _options(args: argparse.Namespace):
         GenerationError: a flag out of range, naming it.
     """
     from tunesmith.errors import GenerationError
-    from tunesmith.generate import GenerationOptions
+    from tunesmith.use.generation import GenerationOptions
 
     if args.temperature < 0:
         raise GenerationError(f"--temperature {args.temperature}: must be 0 (greedy) or more")

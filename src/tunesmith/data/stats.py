@@ -1,7 +1,7 @@
 """What a dataset looks like before training on it: lengths, truncation, duplicates, baked-in templates.
 
 Pure functions over canonical records and their token lengths `(prompt_tokens, response_tokens)`; the
-lengths are measured elsewhere (`tunesmith.tokenization.measure_lengths`) so this module never needs a
+lengths are measured elsewhere (`tunesmith.prepare.tokenization.measure_lengths`) so this module never needs a
 tokenizer. `compute_stats` returns a `DataStats` that serializes to JSON (`data_stats.json`).
 
 Percentiles are nearest-rank: p99 is the smallest length that at least 99% of examples fit in, always
@@ -11,13 +11,13 @@ a length that occurs in the data, which is what a `max_length` choice needs.
 from __future__ import annotations
 
 import io
-import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunesmith.data.records import Record, prompt_key
+from tunesmith.data.text import percentile
 
 EXAMPLES_SHOWN = 5
 """How many example locations each finding keeps (the counts are always complete)."""
@@ -139,18 +139,6 @@ class Overlap:
     examples: list[str] = field(default_factory=list)
 
 
-def percentile(sorted_values: list[int], q: float) -> int:
-    """Nearest-rank percentile of already sorted values.
-
-    >>> percentile(list(range(1, 101)), 95)
-    95
-    """
-    if not sorted_values:
-        return 0
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def summarize(values: list[int]) -> LengthSummary:
     """Min, median, p95, p99, max and mean of token lengths.
 
@@ -167,7 +155,7 @@ def summarize(values: list[int]) -> LengthSummary:
 
 
 def response_tokens_cut(prompt: int, response: int, max_length: int, truncation_side: str = "left") -> int:
-    """Response tokens lost when one example is cut to `max_length`, by the rules of `tunesmith.tokenization`.
+    """Response tokens lost when one example is cut to `max_length`, by the rules of `tunesmith.prepare.tokenization`.
 
     `left` cuts the prompt first; when the response alone does not fit, the prompt keeps its last
     max_length // 2 tokens and the response's tail goes. `right` cuts the end, which is the response.

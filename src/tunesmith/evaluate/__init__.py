@@ -1,0 +1,1 @@
+"""Evaluate: did the finetune help? Test loss, generation metrics, multiple choice, and a run's result files."""

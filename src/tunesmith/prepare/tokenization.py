@@ -1,0 +1,184 @@
+"""Tokenization: segments to token ids and labels, truncation, `max_length: auto`, and the pad-only collator.
+
+Each template segment is encoded on its own and the pieces are concatenated, so a label is masked by the
+POSITION its segment puts it at, never by looking for token ids: SmolLM2 uses one id (2) for both the pad and
+the `<|im_end|>` end token, and the end token must carry loss while padding must not.
+
+Truncation (`tokenization.truncation_side`):
+- `left` (default): tokens are cut from the start, so the last answer survives whole when it fits; earlier
+  prompt text (and, in a conversation, earlier turns) goes first. When the last answer alone is longer than
+  `max_length`, the example keeps the end of its prompt (at most half of `max_length`) so the model still sees
+  what it answers, then as much of the answer as fits: the answer's tail, end token included, is cut.
+- `right`: tokens are cut from the end (the answer's tail first).
+An example left with no loss-bearing token is not encoded (`None`); `prepare` drops and reports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Sequence
+
+from tunesmith.config import TemplateConfig, TokenizationConfig
+from tunesmith.data import Record
+from tunesmith.data.text import percentile
+from tunesmith.prepare.templates import render_prompt, render_segments
+
+__all__ = ["IGNORE_INDEX", "MaskingStrategy", "TokenizedRecord", "build_example", "encode_prompt",
+           "encode_record", "measure_lengths", "resolve_max_length", "special_prefix",
+           "tokenize_records"]
+
+IGNORE_INDEX = -100
+"""Label of a position that carries no loss (prompt, padding); the value torch's cross-entropy skips."""
+
+BATCH_RECORDS = 512
+"""Records tokenized per call of the (Rust, batched) tokenizer."""
+
+
+class MaskingStrategy(str, Enum):
+    """Which tokens carry the loss (`tokenization.train_on`)."""
+
+    RESPONSES = "responses"
+    """Only the answers (assistant turns) and their end token."""
+    ALL = "all"
+    """Every real token, prompt included (never padding)."""
+
+
+@dataclass(frozen=True)
+class TokenizedRecord:
+    """The token ids of each segment of one record, before truncation."""
+
+    pieces: tuple[tuple[int, ...], ...]
+    trainable: tuple[bool, ...]
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p, t in zip(self.pieces, self.trainable) if not t)
+
+    @property
+    def response_tokens(self) -> int:
+        return sum(len(p) for p, t in zip(self.pieces, self.trainable) if t)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.response_tokens
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """The ids a tokenizer puts before any text (a BOS for Llama-style tokenizers, nothing for SmolLM2).
+
+    Segments are encoded without special tokens, so this prefix is added back once, in front.
+    """
+    with_special = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start:start + len(plain)] == plain:
+            return list(with_special[:start])
+    return []
+
+
+def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    # verbose=False: long examples are expected here and are truncated later, by our own rules.
+    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def tokenize_records(records: Sequence[Record], tokenizer, template: TemplateConfig) -> list[TokenizedRecord]:
+    """Render and encode every record, segment by segment (batched; a progress bar for large files).
+
+    [qa record "2+2?" -> "4"] -> [TokenizedRecord(pieces=((...prompt ids...), (34, 2)), trainable=(False, True))]
+    """
+    from tqdm.auto import tqdm
+
+    prefix = tuple(special_prefix(tokenizer))
+    tokenized: list[TokenizedRecord] = []
+    with tqdm(total=len(records), desc="tokenizing", unit="ex", disable=len(records) < 5000, leave=False) as bar:
+        for start in range(0, len(records), BATCH_RECORDS):
+            batch = [render_segments(r, template, tokenizer) for r in records[start:start + BATCH_RECORDS]]
+            ids = iter(_encode_texts(tokenizer, [s.text for segments in batch for s in segments]))
+            for segments in batch:
+                pieces = [tuple(next(ids)) for _ in segments]
+                trainable = [s.trainable for s in segments]
+                if prefix and not (pieces and pieces[0][:len(prefix)] == prefix):
+                    pieces.insert(0, prefix)
+                    trainable.insert(0, False)
+                tokenized.append(TokenizedRecord(tuple(pieces), tuple(trainable)))
+            bar.update(len(batch))
+    return tokenized
+
+
+def _truncation_window(tokenized: TokenizedRecord, truncation_side: str, max_length: int) -> tuple[int, int]:
+    """[start, end) of the tokens kept (see the module docstring for the rules)."""
+    total = tokenized.total_tokens
+    if total <= max_length:
+        return 0, total
+    if truncation_side == "right":
+        return 0, max_length
+    offsets, position = [], 0
+    for piece in tokenized.pieces:
+        offsets.append(position)
+        position += len(piece)
+    answer_start = max((o for o, t in zip(offsets, tokenized.trainable) if t), default=0)
+    if total - answer_start <= max_length:
+        return total - max_length, total
+    start = answer_start - min(answer_start, max_length // 2)
+    return start, start + max_length
+
+
+def build_example(tokenized: TokenizedRecord, tokenization: TokenizationConfig, max_length: int) -> dict | None:
+    """Concatenate the pieces, label them by position, truncate; None when no token is left to learn from.
+
+    pieces ((5, 6), (7, 2)), trainable (False, True), train_on=responses
+    -> {"input_ids": [5, 6, 7, 2], "labels": [-100, -100, 7, 2]}
+    """
+    train_all = MaskingStrategy(tokenization.train_on) is MaskingStrategy.ALL
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for piece, trainable in zip(tokenized.pieces, tokenized.trainable):
+        input_ids.extend(piece)
+        labels.extend(piece if trainable or train_all else [IGNORE_INDEX] * len(piece))
+    start, end = _truncation_window(tokenized, tokenization.truncation_side, max_length)
+    input_ids, labels = input_ids[start:end], labels[start:end]
+    # The first position's label never counts: a causal LM predicts token t from the tokens before it.
+    if not any(label != IGNORE_INDEX for label in labels[1:]):
+        return None
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_record(record: Record, tokenizer, template: TemplateConfig, tokenization: TokenizationConfig,
+                  max_length: int) -> dict | None:
+    """One record as `{"input_ids", "labels"}` (labels -100 where no loss), or None when nothing is trainable.
+
+    qa record "2+2?" -> "4" with SmolLM2:
+    {"input_ids": [...prompt..., 34, 2], "labels": [-100, ..., -100, 34, 2]}   (2 = <|im_end|>, trained)
+    """
+    return build_example(tokenize_records([record], tokenizer, template)[0], tokenization, max_length)
+
+
+def encode_prompt(record: Record, tokenizer, template: TemplateConfig) -> list[int]:
+    """The ids generation starts from: exactly the prompt tokens training saw before the answer."""
+    return special_prefix(tokenizer) + _encode_texts(tokenizer, [render_prompt(record, template, tokenizer)])[0]
+
+
+def measure_lengths(records: Sequence[Record], tokenizer, template: TemplateConfig) -> list[tuple[int, int]]:
+    """(prompt tokens, response tokens incl. the end token) per record, after templating, before truncation.
+
+    [qa record "2+2?" -> "4"] -> [(16, 2)]
+    """
+    return [(t.prompt_tokens, t.response_tokens) for t in tokenize_records(records, tokenizer, template)]
+
+
+def resolve_max_length(tokenization: TokenizationConfig, totals: Sequence[int], model_context: int) -> int:
+    """`max_length: auto` -> the p99 of the examples' total lengths, capped by the model's context; an int as given.
+
+    >>> resolve_max_length(TokenizationConfig(), list(range(1, 101)), 2048)
+    99
+    >>> resolve_max_length(TokenizationConfig(), list(range(1, 101)), 64)
+    64
+    """
+    if tokenization.max_length != "auto":
+        return int(tokenization.max_length)
+    if not totals:
+        return model_context
+    return min(percentile(totals, 99), model_context)

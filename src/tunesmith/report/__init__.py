@@ -1,0 +1,1 @@
+"""Report: the run's self-contained HTML report and every chart, drawn from result files only (never torch)."""

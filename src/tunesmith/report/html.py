@@ -1,0 +1,443 @@
+"""The run report (one self-contained HTML file) and the run comparison table, from results files only.
+
+Everything here reads what other stages wrote into the run folder: `config.yaml`, `data_stats.json`,
+`prepared/` (manifest and token lengths), `metrics.jsonl`, `train_summary.json`, `eval/metrics.json`,
+`eval/predictions.jsonl`, `eval/mc-*.json`. A missing file shows as "not computed", never as a failure, so the
+report can be built at any point of a run. Charts are matplotlib PNGs (Agg) inlined as base64 `data:` URIs and
+the styles are inline too: the file opens offline, from anywhere, and fetches nothing. Every piece of text
+from the data is HTML-escaped.
+
+Never imports torch: a report must be cheap to rebuild.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import html
+import json
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import yaml
+
+from tunesmith.report.charts import _color, _figure, _png, length_chart, loss_chart
+from tunesmith.runs import RunPaths, atomic_write_text, read_jsonl
+
+METRIC_LABELS = {
+    "exact_match": "exact match",
+    "exact_match_normalized": "exact match (normalized)",
+    "token_f1": "token F1",
+    "rouge_l": "ROUGE-L",
+    "bleu": "BLEU",
+    "chrf": "chrF",
+}
+"""Generation metrics in table order, with the names people know them by."""
+
+METRIC_SHORT = {"exact_match": "EM", "exact_match_normalized": "EM_norm", "token_f1": "F1", "rouge_l": "ROUGE-L",
+                "bleu": "BLEU", "chrf": "chrF"}
+"""Column names for terminal tables."""
+
+MODEL_ORDER = ("base", "finetuned", "model")
+WORST_SHOWN = 20
+NOT_COMPUTED = '<p class="missing">not computed</p>'
+
+
+# ---------------------------------------------------------------- reading results files
+
+def read_json(path: Path) -> dict | None:
+    """A JSON results file, or None when it is missing or unreadable (the report shows "not computed")."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_config(paths: RunPaths) -> dict:
+    """config.yaml as plain data ({} when missing or broken): the report shows what was saved, as saved."""
+    try:
+        data = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def token_lengths(paths: RunPaths) -> list[int]:
+    """Tokens per prepared example (train and test), for the length histogram; [] when not prepared."""
+    lengths = []
+    for split in ("train", "test"):
+        folder = paths.prepared / split
+        if not (folder / "dataset_info.json").is_file():
+            continue
+        from datasets import load_from_disk
+
+        try:
+            lengths += [len(ids) for ids in load_from_disk(str(folder))["input_ids"]]
+        except (OSError, ValueError, KeyError):
+            continue
+    return lengths
+
+
+def ordered_models(models: dict) -> list[str]:
+    """Model labels base, finetuned first, then anything else.
+
+    >>> ordered_models({"finetuned": {}, "base": {}})
+    ['base', 'finetuned']
+    """
+    return [m for m in MODEL_ORDER if m in models] + sorted(m for m in models if m not in MODEL_ORDER)
+
+
+# ---------------------------------------------------------------- HTML pieces
+
+def esc(value) -> str:
+    """Text for HTML, quotes included (safe inside attributes too).
+
+    >>> esc('<script>alert("x")</script>')
+    '&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;'
+    """
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def fmt(value, digits: int = 2) -> str:
+    """Numbers for tables: fixed decimals, thousands separators for integers, "-" for nothing.
+
+    >>> fmt(3.14159), fmt(12000), fmt(None)
+    ('3.14', '12,000', '-')
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}" if abs(value) < 1e6 else f"{value:.3g}"
+    return str(value)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence], cls: str = "") -> str:
+    """An HTML table; cells are escaped unless they are already-built HTML (a `Markup`)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, Markup) else esc(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+class Markup(str):
+    """A string that is already safe HTML (built here from escaped parts)."""
+
+
+def image(png: bytes, alt: str) -> str:
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def word_diff(reference: str, output: str) -> Markup:
+    """The output with words that differ from the reference marked: `<ins>` added, `<del>` missing.
+
+    >>> str(word_diff("the cat sat", "the dog sat"))
+    'the <del>cat</del> <ins>dog</ins> sat'
+    """
+    ref, out = reference.split(), output.split()
+    parts = []
+    for op, a0, a1, b0, b1 in difflib.SequenceMatcher(a=ref, b=out, autojunk=False).get_opcodes():
+        if op == "equal":
+            parts.append(esc(" ".join(out[b0:b1])))
+            continue
+        if a1 > a0:
+            parts.append(f"<del>{esc(' '.join(ref[a0:a1]))}</del>")
+        if b1 > b0:
+            parts.append(f"<ins>{esc(' '.join(out[b0:b1]))}</ins>")
+    return Markup(" ".join(parts) if parts else '<span class="missing">(empty)</span>')
+
+
+def section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>{body}</section>'
+
+
+# ---------------------------------------------------------------- metric charts
+
+def metric_charts(models: dict) -> bytes | None:
+    """One bar chart per metric: each model's mean with its 95% interval as an error bar."""
+    labels = ordered_models(models)
+    names = [n for n in METRIC_LABELS if any(n in models[m].get("metrics", {}) for m in labels)]
+    if not names:
+        return None
+    columns = 3
+    rows = -(-len(names) // columns)
+    figure = _figure(4 * columns, 3 * rows)
+    for i, name in enumerate(names):
+        axes = figure.add_subplot(rows, columns, i + 1)
+        stats = [models[m].get("metrics", {}).get(name, {}) for m in labels]
+        means = [s.get("mean", 0.0) for s in stats]
+        errors = [[max(0.0, mean - s.get("low", mean)) for mean, s in zip(means, stats)],
+                  [max(0.0, s.get("high", mean) - mean) for mean, s in zip(means, stats)]]
+        bars = axes.bar(labels, means, yerr=errors, capsize=6, color=[_color(m) for m in labels])
+        axes.bar_label(bars, fmt="%.1f", label_type="center")
+        axes.set_title(METRIC_LABELS[name])
+        axes.set_ylim(0, max(100.0, max(means) * 1.1))
+        axes.grid(axis="y", alpha=0.3)
+    return _png(figure)
+
+
+def error_chart(models: dict) -> bytes | None:
+    labels = ordered_models(models)
+    categories = sorted({c for m in labels for c in models[m].get("errors", {})})
+    if not categories:
+        return None
+    figure = _figure(7, 3)
+    axes = figure.add_subplot()
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        shares = [100 * models[label].get("errors", {}).get(c, 0.0) for c in categories]
+        axes.bar([x + i * width for x in range(len(categories))], shares, width, label=label, color=_color(label))
+    axes.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(categories))], categories)
+    axes.set_ylabel("% of answers")
+    axes.legend()
+    return _png(figure)
+
+
+# ---------------------------------------------------------------- sections
+
+def config_section(config: dict) -> str:
+    if not config:
+        return section("config", "Configuration", NOT_COMPUTED)
+    text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    return section("config", "Configuration", f'<pre class="config">{esc(text)}</pre>')
+
+
+def data_section(stats: dict | None, manifest: dict | None, lengths: Sequence[int]) -> str:
+    parts = []
+    if manifest:
+        counts = manifest.get("counts", {})
+        parts.append(table(["records", "train", "test", "truncated", "dropped", "shape", "template", "max_length"],
+                           [[fmt(counts.get("records")), fmt(counts.get("train")), fmt(counts.get("test")),
+                             fmt(counts.get("truncated")), fmt(counts.get("dropped")), manifest.get("shape"),
+                             manifest.get("template"), fmt(manifest.get("max_length"))]]))
+    if stats:
+        lengths_table = stats.get("lengths") or {}
+        parts.append("<h3>Token lengths</h3>" + table(
+            ["part", "min", "median", "p95", "p99", "max", "mean"],
+            [[part] + [fmt(s.get(k)) for k in ("min", "median", "p95", "p99", "max", "mean")]
+             for part, s in lengths_table.items() if isinstance(s, dict)]))
+        dup = stats.get("duplicates") or {}
+        parts.append(table(["records", "exact duplicates", "near duplicates", "prompts with conflicting answers",
+                            "records with baked-in templates"],
+                           [[fmt(stats.get("num_records")), fmt(dup.get("exact")), fmt(dup.get("near")),
+                             fmt(dup.get("conflicting_prompts")),
+                             fmt((stats.get("baked_templates") or {}).get("records"))]]))
+    chart = length_chart(lengths, (manifest or {}).get("max_length"))
+    if chart:
+        parts.append("<h3>Length histogram</h3>" + image(chart, "histogram of token lengths"))
+    return section("data", "Data", "".join(parts) or NOT_COMPUTED)
+
+
+def training_section(metrics: Sequence[dict], summary: dict | None) -> str:
+    parts = []
+    if summary:
+        keys = ["method", "steps", "epochs", "learning_rate", "precision", "time_s", "tokens_per_s",
+                "final_train_loss", "final_test_loss", "best_test_loss", "best_step", "stopped_early"]
+        parts.append(table(["train_summary.json", ""], [[k, fmt(summary[k], 4)] for k in keys if k in summary]))
+    chart = loss_chart(metrics)
+    if chart:
+        parts.append("<h3>Loss curves</h3>" + image(chart, "train and test loss"))
+    return section("training", "Training", "".join(parts) or NOT_COMPUTED)
+
+
+def interval(stats: dict) -> Markup:
+    return Markup(f'{esc(fmt(stats.get("mean")))} <span class="ci">[{esc(fmt(stats.get("low")))}, '
+                  f'{esc(fmt(stats.get("high")))}]</span>')
+
+
+def metrics_section(eval_metrics: dict | None) -> str:
+    models = (eval_metrics or {}).get("models") or {}
+    if not models:
+        return section("metrics", "Metrics: base vs finetuned", NOT_COMPUTED)
+    labels = ordered_models(models)
+    rows = [["test loss"] + [fmt(models[m].get("loss"), 4) for m in labels],
+            ["perplexity"] + [fmt(models[m].get("perplexity")) for m in labels]]
+    rows += [[METRIC_LABELS[n]] + [interval(models[m].get("metrics", {}).get(n, {})) for m in labels]
+             for n in METRIC_LABELS]
+    rows += [[f"corpus {k}"] + [fmt(models[m].get("corpus", {}).get(k)) for m in labels] for k in ("bleu", "chrf")]
+    normalization = eval_metrics.get("normalization")
+    note = (f'<p class="note">{esc(eval_metrics.get("n"))} test examples from {esc(eval_metrics.get("source"))}. '
+            f'Means over examples on a 0-100 scale with bootstrap 95% intervals in brackets.'
+            f'{f" {esc(normalization)}." if normalization else ""}</p>')
+    chart = metric_charts(models)
+    body = note + table(["metric"] + labels, rows, "metrics") + (image(chart, "bar chart per metric") if chart else "")
+    return section("metrics", "Metrics: base vs finetuned", body)
+
+
+def errors_section(eval_metrics: dict | None) -> str:
+    models = (eval_metrics or {}).get("models") or {}
+    if not models:
+        return section("errors", "Error categories", NOT_COMPUTED)
+    labels = ordered_models(models)
+    names = {"empty": "empty answer", "length": "hit max_new_tokens without ending",
+             "repetitive": f"repetitive ({eval_metrics['repetitive']})" if eval_metrics.get("repetitive")
+             else "repetitive"}
+    rows = [[names.get(c, c)] + [f"{100 * models[m].get('errors', {}).get(c, 0.0):.1f}%" for m in labels]
+            for c in names]
+    chart = error_chart(models)
+    return section("errors", "Error categories",
+                   table(["category"] + labels, rows) + (image(chart, "error categories") if chart else ""))
+
+
+def _example_rows(predictions: Sequence[dict], labels: Sequence[str]) -> list[list]:
+    rows = []
+    for p in predictions:
+        cells = [fmt(p.get("index")), Markup(f'<pre class="prompt">{esc(p.get("prompt"))}</pre>'),
+                 Markup(f'<div class="text">{esc(p.get("reference"))}</div>')]
+        for label in labels:
+            answer = p.get(label) or {}
+            score = answer.get("metrics", {}).get("rouge_l")
+            cells.append(Markup(f'<div class="text">{word_diff(p.get("reference") or "", answer.get("output") or "")}'
+                                f'</div><div class="score">ROUGE-L {esc(fmt(score))}</div>'))
+        rows.append(cells)
+    return rows
+
+
+def examples_sections(predictions: Sequence[dict], eval_metrics: dict | None) -> str:
+    labels = ordered_models((eval_metrics or {}).get("models") or {})
+    if not predictions or not labels:
+        return (section("worst", f"The {WORST_SHOWN} worst examples by ROUGE-L", NOT_COMPUTED)
+                + section("examples", "Every test example", NOT_COMPUTED))
+    header = ["#", "prompt", "reference"] + [f"{label} (differences from the reference)" for label in labels]
+    judged = labels[-1]
+    worst = sorted(predictions, key=lambda p: ((p.get(judged) or {}).get("metrics", {}).get("rouge_l", 0.0),
+                                               p.get("index", 0)))[:WORST_SHOWN]
+    legend = '<p class="note"><ins>added</ins> words are not in the reference; <del>missing</del> ones are.</p>'
+    return (section("worst", f"The {WORST_SHOWN} worst examples by ROUGE-L ({judged})",
+                    legend + table(header, _example_rows(worst, labels), "examples"))
+            + section("examples", "Every test example",
+                      legend + table(header, _example_rows(predictions, labels), "examples")))
+
+
+def choices_section(results: Sequence[dict]) -> str:
+    rows = []
+    for result in results:
+        for label in ordered_models(result.get("models") or {}):
+            model = result["models"][label]
+            rows.append([Path(str(result.get("source", ""))).name, label, fmt(result.get("n")),
+                         interval(model.get("acc", {})), interval(model.get("acc_norm", {}))])
+    if not rows:
+        return ""
+    return section("choices", "Multiple choice (lm-evaluation-harness scoring)",
+                   table(["benchmark", "model", "questions", "acc", "acc_norm"], rows))
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1400px;padding:1rem 2rem;
+color:#222;background:#fff}
+h1{margin-bottom:.2rem}h2{border-bottom:2px solid #2a4d8f;padding-bottom:.2rem;margin-top:2.5rem}
+nav a{margin-right:1rem}table{border-collapse:collapse;margin:.8rem 0;font-size:.9rem}
+th,td{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top}th{background:#eef2f8}
+table.examples td{max-width:28rem}pre{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:.5rem}
+pre.prompt{max-height:10rem;overflow:auto;font-size:.8rem;margin:0}.text{white-space:pre-wrap}
+ins{background:#d4f7d4;text-decoration:none}del{background:#fbd5d5}.ci{color:#666;font-size:.85em}
+.score{color:#666;font-size:.8em;margin-top:.3rem}.missing{color:#999;font-style:italic}.note{color:#555}
+img{max-width:100%;display:block;margin:.5rem 0}pre.config{columns:3 22rem;font-size:.85rem}
+"""
+
+
+def render_report(paths: RunPaths) -> str:
+    """The whole report of a run folder as one HTML string."""
+    config = read_config(paths)
+    eval_metrics = read_json(paths.eval_dir / "metrics.json")
+    predictions = read_jsonl(paths.eval_dir / "predictions.jsonl")
+    choices = [r for r in (read_json(p) for p in sorted(paths.eval_dir.glob("mc-*.json"))) if r]
+    sections = [
+        config_section(config),
+        data_section(read_json(paths.data_stats), read_json(paths.manifest), token_lengths(paths)),
+        training_section(read_jsonl(paths.metrics), read_json(paths.train_summary)),
+        metrics_section(eval_metrics),
+        errors_section(eval_metrics),
+        choices_section(choices),
+        examples_sections(predictions, eval_metrics),
+    ]
+    links = [("config", "Configuration"), ("data", "Data"), ("training", "Training"), ("metrics", "Metrics"),
+             ("errors", "Errors")] + ([("choices", "Multiple choice")] if choices else []) + [
+             ("worst", "Worst examples"), ("examples", "All examples")]
+    nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in links)
+    name = esc(paths.root.name)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>tunesmith report: {name}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
+            f'<body><h1>tunesmith report: {name}</h1><p class="note">built {esc(time.strftime("%Y-%m-%d %H:%M"))}'
+            f' from the files in {esc(paths.root)}</p><nav>{nav}</nav>{"".join(sections)}</body></html>\n')
+
+
+def build_report(paths: RunPaths, out: str | Path | None = None) -> Path:
+    """Write the report (atomically) to `out` or `<run>/report.html`; returns where it went."""
+    return atomic_write_text(Path(out) if out else paths.report, render_report(paths))
+
+
+# ---------------------------------------------------------------- comparing runs
+
+def run_row(paths: RunPaths) -> dict:
+    """One run's line in `runs list` / `runs compare`: data, model, method, key settings, time, loss, metrics."""
+    config = read_config(paths)
+    training, data = config.get("training") or {}, config.get("data") or {}
+    summary = read_json(paths.train_summary) or {}
+    eval_metrics = read_json(paths.eval_dir / "metrics.json") or {}
+    models = eval_metrics.get("models") or {}
+    tuned = models.get("finetuned") or models.get("model") or {}
+    lr = summary.get("learning_rate") or training.get("learning_rate")
+    row = {
+        "run": paths.root.name,
+        "data": Path(str(data.get("path"))).name if data.get("path") else None,
+        "model": Path(str((config.get("model") or {}).get("name"))).name if config.get("model") else None,
+        "method": training.get("method"),
+        "lr": f"{lr:.1e}" if isinstance(lr, (int, float)) else None,
+        "epochs": training.get("epochs") if not training.get("max_steps") else f"{training['max_steps']} steps",
+        "lora_r": training.get("lora_r") if training.get("method") in ("lora", "qlora") else None,
+        "train_s": summary.get("time_s"),
+        "test_loss": tuned.get("loss", summary.get("final_test_loss")),
+        "base_loss": (models.get("base") or {}).get("loss"),
+    }
+    for name, short in METRIC_SHORT.items():
+        row[short] = (tuned.get("metrics") or {}).get(name, {}).get("mean")
+    return row
+
+
+def find_runs(runs_dir: str | Path) -> list[RunPaths]:
+    """Every run folder (one holding config.yaml) directly under runs_dir, oldest first."""
+    folder = Path(runs_dir)
+    if not folder.is_dir():
+        return []
+    found = [RunPaths(p) for p in folder.iterdir() if p.is_dir() and (p / "config.yaml").is_file()]
+    return sorted(found, key=lambda p: (p.config.stat().st_mtime, p.root.name))
+
+
+def run_table(runs: Sequence[RunPaths]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of formatted cells, one row per run; columns every run lacks are left out."""
+    rows = [run_row(p) for p in runs]
+    columns = [c for c in (rows[0] if rows else {}) if c == "run" or any(r.get(c) is not None for r in rows)]
+    cells = [[fmt(r.get(c), 4 if c.endswith("loss") else 2) for c in columns] for r in rows]
+    return columns, cells
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain aligned text (numbers right-aligned), for the terminal.
+
+    >>> print(format_table(["run", "loss"], [["a", "1.5"], ["bb", "10.25"]]))
+    run   loss
+    a      1.5
+    bb   10.25
+    """
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    numeric = [bool(rows) and all(_is_number(r[i]) for r in rows) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join((str(c).rjust(w) if num else str(c).ljust(w))
+                         for c, w, num in zip(cells, widths, numeric)).rstrip()
+
+    return "\n".join([line(header)] + [line(r) for r in rows])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(str(text).replace(",", ""))
+    except ValueError:
+        return text == "-"
+    return True
