@@ -1,6 +1,6 @@
 """A scripted OpenAI-compatible teacher for the data-generation tests, run as a real HTTP server process.
 
-    python tests/fake_teacher.py --mode good [--delay 0.2]   # prints the port it listens on, then serves
+    python tests/datagen/fake_teacher.py --mode good [--delay 0.2]   # prints the port it listens on, then serves
 
 Modes:
 - good: well-formed answers read off the prompt: self-instruct tasks (fresh ones plus planted trouble: a
