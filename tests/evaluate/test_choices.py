@@ -1,5 +1,6 @@
-"""Multiple-choice scoring: record shapes (flat, ARC native, Hugging Face ARC) and equality with
-lm-evaluation-harness's own ARC task and HFLM log-likelihoods on the tiny model."""
+"""Multiple-choice scoring: acc_norm's length normalization, and equality with lm-evaluation-harness's own ARC
+task and HFLM log-likelihoods on the tiny model, read from both ARC shapes (record parsing itself is tested in
+tests/data/test_choice_records.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import json
 
 import pytest
 
-from tunesmith.evaluate import run as ev
-from tunesmith.errors import DataError
+from tunesmith.evaluate import choices as ev
 
 QUESTIONS = [
     ("What is two plus two?", ["3", "four", "twenty-two, or possibly five"], "B", ["A", "B", "C"]),
@@ -32,41 +32,6 @@ def _native_arc(q, choices, key, labels):
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-class TestParse:
-    def test_native_hf_and_flat_shapes_agree(self):
-        q, choices, key, labels = QUESTIONS[1]
-        expected = ev.ChoiceItem(q, tuple(choices), 0)
-        for data in (_native_arc(q, choices, key, labels), _hf_arc(q, choices, key, labels),
-                     {"question": q, "choices": choices, "answer": 0},
-                     {"question": q, "choices": choices, "answer": "blue"}):
-            item = ev.parse_choice_item(data)
-            assert (item.question, item.choices, item.answer) == (expected.question, expected.choices, 0)
-
-    def test_letter_answer_for_plain_choices(self):
-        assert ev.parse_choice_item({"question": "q", "choices": ["x", "y", "z"], "answer": "C"}).answer == 2
-
-    @pytest.mark.parametrize("data, field", [
-        ({"question": "q", "choices": ["x", "y"], "answer": 2}, "answer"),
-        ({"question": "q", "choices": ["x", "y"], "answer": "nope"}, "answer"),
-        ({"question": "q", "choices": ["only one"], "answer": 0}, "choices"),
-        ({"question": "", "choices": ["x", "y"], "answer": 0}, "question"),
-        ({"question": {"stem": "q", "choices": [{"text": "x", "label": "A"}, {"text": "y", "label": "B"}]},
-          "answerKey": "E"}, "answerKey"),
-    ])
-    def test_bad_records_name_file_line_and_field(self, data, field):
-        with pytest.raises(DataError) as info:
-            ev.parse_choice_item(data, "mc.jsonl", 7)
-        assert f"mc.jsonl:7: {field}:" in str(info.value)
-
-    def test_file_lists_every_bad_line(self, tmp_path):
-        path = _write(tmp_path / "mc.jsonl", [{"question": "q", "choices": ["x", "y"], "answer": 0},
-                                              {"question": "q", "choices": ["x"], "answer": 0},
-                                              {"question": "q", "choices": ["x", "y"], "answer": 9}])
-        with pytest.raises(DataError) as info:
-            ev.load_choice_items(path)
-        assert "mc.jsonl:2" in str(info.value) and "mc.jsonl:3" in str(info.value)
 
 
 def test_acc_norm_divides_by_characters_of_the_choice():
@@ -120,8 +85,7 @@ def test_loglikelihoods_and_accuracy_match_lm_evaluation_harness(harness, tiny_m
         results = harness.loglikelihood(requests, disable_tqdm=True)
         expected.append(([ll for ll, _ in results], task.process_results(doc, results)))
 
-    monkeypatch.setenv("TUNESMITH_FORCE_FP32", "1")
-    result = api.evaluate_run(str(tiny_model_dir), mc=str(native_file), progress=False)
+    result = api.evaluate_run(str(tiny_model_dir), mc=str(native_file), precision="fp32", progress=False)
     ours = result["models"]["model"]
     assert ours["n"] == len(QUESTIONS)
     for item, (lls, metrics) in zip(ours["items"], expected):

@@ -1,243 +1,30 @@
-"""Evaluation: did the finetune help? Test loss, generation metrics, multiple-choice accuracy.
+"""Evaluating a run (or a plain model) into result files: did the finetune help?
 
-Three measurements, each reading a model through `tunesmith.use.generation` so it sees exactly the template training
-used:
-- test loss and perplexity on response tokens only (the tokens training put a loss on);
-- generation metrics on greedy answers: exact match (raw and SQuAD-normalized), SQuAD token F1, ROUGE-L
-  (`rouge-score`), BLEU and chrF (`sacrebleu`), each a macro average with a bootstrap 95% interval, plus the
-  share of answers that are empty, ran into `max_new_tokens`, or repeat themselves;
-- multiple-choice benchmarks scored by log-likelihood exactly as lm-evaluation-harness scores them.
+Each model is read through `tunesmith.use.generation`, so it sees exactly the template training used, and
+measured three ways:
+- test loss and perplexity on response tokens only (the tokens training put a loss on), by the one routine
+  training uses too (`tunesmith.evaluate.test_loss`);
+- generation metrics on greedy answers (`tunesmith.evaluate.metrics`), each a macro average with a bootstrap 95%
+  interval, plus the share of answers that are empty, ran into `max_new_tokens`, or repeat themselves;
+- multiple-choice benchmarks scored by log-likelihood as lm-evaluation-harness scores them
+  (`tunesmith.evaluate.choices`).
 
-Every metric is on a 0-100 scale (as sacrebleu and the SQuAD script report them), per example and averaged.
-Results go to `eval/metrics.json` and `eval/predictions.jsonl`, written atomically.
-
-torch is imported inside functions: the metric functions are usable (and tested) without a model.
+Results go to `eval/metrics.json` and `eval/predictions.jsonl`, written atomically. torch and the models are
+imported inside functions, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import string
 import time
-from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Sequence
 
-METRICS = ("exact_match", "exact_match_normalized", "token_f1", "rouge_l", "bleu", "chrf")
-"""Per-example generation metrics, in the order tables show them."""
+from tunesmith.data.choices import load_choice_items
+from tunesmith.evaluate.choices import score_choices
+from tunesmith.evaluate.metrics import (REPETITION_NGRAM, REPETITION_THRESHOLD, corpus_scores, error_flags,
+                                        error_shares, example_metrics, summarize_metrics)
 
-ERROR_CATEGORIES = ("empty", "length", "repetitive")
-"""Ways an answer fails regardless of its content: nothing said, cut off at max_new_tokens, looping."""
-
-REPETITION_NGRAM = 4
-REPETITION_THRESHOLD = 0.5
-"""An answer is repetitive when more than half of its words lie inside a word 4-gram that occurs twice or more."""
-
-
-# ---------------------------------------------------------------- text metrics (pure, 0-100)
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = frozenset(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD v1.1 answer normalization: lowercase, drop ASCII punctuation and the articles a/an/the, collapse
-    whitespace.
-
-    >>> normalize_answer("  The Cat, sat!\\n")
-    'cat sat'
-    """
-    text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def exact_match(prediction: str, reference: str, normalized: bool = False) -> float:
-    """100 when the strings are identical (raw: after stripping surrounding whitespace), else 0.
-
-    >>> exact_match("Paris.", "paris"), exact_match("Paris.", "paris", normalized=True)
-    (0.0, 100.0)
-    """
-    if normalized:
-        return 100.0 * (normalize_answer(prediction) == normalize_answer(reference))
-    return 100.0 * (prediction.strip() == reference.strip())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD token F1 on normalized words: harmonic mean of word precision and recall (bag of words).
-
-    Two empty answers agree fully; one empty answer scores 0.
-
-    >>> round(token_f1("the big red car", "a red car"), 1)  # 2 shared of 3 predicted, 2 of 2 reference
-    80.0
-    """
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    if not pred or not ref:
-        return 100.0 * (pred == ref)
-    shared = sum((Counter(pred) & Counter(ref)).values())
-    if shared == 0:
-        return 0.0
-    precision, recall = shared / len(pred), shared / len(ref)
-    return 100.0 * 2 * precision * recall / (precision + recall)
-
-
-class _WordTokenizer:
-    """rouge-score's tokenizer keeps only [a-z0-9]; this keeps letters and digits of every script, so
-    non-English answers are not scored as empty. On ASCII text it gives the same tokens as the default."""
-
-    _word = re.compile(r"[^\W_]+")
-
-    def tokenize(self, text: str) -> list[str]:
-        return self._word.findall(text.lower())
-
-
-@lru_cache(maxsize=1)
-def _rouge_scorer():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_WordTokenizer())
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure (longest common word subsequence), via `rouge-score`, no stemming.
-
-    >>> round(rouge_l("the cat sat on the mat", "the cat is on the mat"), 2)  # LCS 5 of 6 both ways
-    83.33
-    """
-    return 100.0 * _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
-
-
-def sentence_bleu(prediction: str, reference: str) -> float:
-    """sacrebleu's sentence BLEU (13a tokenization, exponential smoothing), 0-100."""
-    import sacrebleu
-
-    return sacrebleu.sentence_bleu(prediction, [reference]).score
-
-
-def sentence_chrf(prediction: str, reference: str) -> float:
-    """sacrebleu's sentence chrF (character 6-grams, beta 2), 0-100."""
-    import sacrebleu
-
-    return sacrebleu.sentence_chrf(prediction, [reference]).score
-
-
-def example_metrics(prediction: str, reference: str) -> dict[str, float]:
-    """Every per-example metric of one answer against its reference.
-
-    >>> example_metrics("Paris", "Paris")["rouge_l"]
-    100.0
-    """
-    return {
-        "exact_match": exact_match(prediction, reference),
-        "exact_match_normalized": exact_match(prediction, reference, normalized=True),
-        "token_f1": token_f1(prediction, reference),
-        "rouge_l": rouge_l(prediction, reference),
-        "bleu": sentence_bleu(prediction, reference),
-        "chrf": sentence_chrf(prediction, reference),
-    }
-
-
-def corpus_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Corpus-level BLEU and chrF (n-gram counts pooled over all examples, as papers report them)."""
-    import sacrebleu
-
-    return {"bleu": sacrebleu.corpus_bleu(list(predictions), [list(references)]).score,
-            "chrf": sacrebleu.corpus_chrf(list(predictions), [list(references)]).score}
-
-
-# ---------------------------------------------------------------- error categories
-
-def repetition_share(text: str, n: int = REPETITION_NGRAM) -> float:
-    """Share of words lying inside a word n-gram that occurs at least twice in the text.
-
-    A model stuck in a loop repeats whole phrases, so almost every word is covered; ordinary prose
-    rarely repeats four words in a row.
-
-    >>> repetition_share("go to bed go to bed go to bed", n=3)
-    1.0
-    >>> repetition_share("one two three four five six", n=3)
-    0.0
-    """
-    words = text.split()
-    if len(words) <= n:
-        return 0.0
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    counts = Counter(grams)
-    covered = set()
-    for i, gram in enumerate(grams):
-        if counts[gram] > 1:
-            covered.update(range(i, i + n))
-    return len(covered) / len(words)
-
-
-def is_repetitive(text: str) -> bool:
-    """True when more than REPETITION_THRESHOLD of the words sit in repeated word 4-grams."""
-    return repetition_share(text) > REPETITION_THRESHOLD
-
-
-def error_flags(text: str, finish_reason: str) -> dict[str, bool]:
-    """Which error categories one answer falls into (several can hold at once).
-
-    >>> error_flags("", "stop")
-    {'empty': True, 'length': False, 'repetitive': False}
-    """
-    return {"empty": not text.strip(), "length": finish_reason == "length", "repetitive": is_repetitive(text)}
-
-
-# ---------------------------------------------------------------- aggregation
-
-def bootstrap_interval(values: Sequence[float], samples: int = 1000, seed: int = 0,
-                       confidence: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean: resample the examples with replacement `samples` times.
-
-    Deterministic for a given seed. With no resamples or fewer than two values the interval is the mean itself.
-
-    >>> bootstrap_interval([1.0, 1.0, 1.0])
-    (1.0, 1.0)
-    """
-    import numpy as np
-
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
-        return (math.nan, math.nan)
-    if data.size < 2 or samples == 0:
-        return (float(data.mean()), float(data.mean()))
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(samples, data.size))].mean(axis=1)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return (float(low), float(high))
-
-
-def summarize_metrics(per_example: Sequence[dict[str, float]], samples: int = 1000,
-                      seed: int = 0) -> dict[str, dict[str, float]]:
-    """Macro average with a bootstrap 95% interval for each metric.
-
-    >>> summarize_metrics([{"bleu": 10.0}, {"bleu": 30.0}], samples=0)
-    {'bleu': {'mean': 20.0, 'low': 20.0, 'high': 20.0}}
-    """
-    names = list(per_example[0]) if per_example else []
-    summary = {}
-    for name in names:
-        values = [row[name] for row in per_example]
-        low, high = bootstrap_interval(values, samples, seed)
-        summary[name] = {"mean": sum(values) / len(values), "low": low, "high": high}
-    return summary
-
-
-def error_shares(flags: Sequence[dict[str, bool]]) -> dict[str, float]:
-    """Fraction (0-1) of answers in each error category.
-
-    >>> error_shares([{"empty": True, "length": False, "repetitive": False},
-    ...               {"empty": False, "length": False, "repetitive": False}])
-    {'empty': 0.5, 'length': 0.0, 'repetitive': 0.0}
-    """
-    n = len(flags)
-    return {name: (sum(f[name] for f in flags) / n if n else 0.0) for name in ERROR_CATEGORIES}
-
-
-# ---------------------------------------------------------------- test loss
 
 def response_loss(model, examples: Sequence[dict], pad_token_id: int, batch_size: int = 8,
                   chunk_tokens: int | None = None, progress: bool = True) -> dict[str, float]:
@@ -258,201 +45,6 @@ def response_loss(model, examples: Sequence[dict], pad_token_id: int, batch_size
         result = test_loss(CausalLMLoss(model, chunk_tokens).eval(), batches, device, progress=bar)
     return result.to_dict() if result else {"loss": math.nan, "perplexity": math.nan, "tokens": 0}
 
-
-# ---------------------------------------------------------------- multiple choice (lm-evaluation-harness rules)
-
-@dataclass(frozen=True)
-class ChoiceItem:
-    """One multiple-choice question: its choices' texts and the index of the right one."""
-
-    question: str
-    choices: tuple[str, ...]
-    answer: int
-    where: str = ""
-
-
-def _choice_columns(choices) -> tuple[list[str], list[str]] | None:
-    """(texts, labels) from ["x", "y"], [{"text", "label"}, ...] or {"text": [...], "label": [...]}."""
-    if isinstance(choices, dict) and isinstance(choices.get("text"), list):
-        texts, labels = choices["text"], choices.get("label") or []
-    elif isinstance(choices, list) and all(isinstance(c, dict) for c in choices):
-        texts, labels = [c.get("text") for c in choices], [c.get("label") for c in choices]
-    elif isinstance(choices, list):
-        texts, labels = choices, []
-    else:
-        return None
-    if len(texts) < 2 or not all(isinstance(t, str) and t for t in texts):
-        return None  # an empty choice has no length to normalize acc_norm by
-    if len(labels) != len(texts):
-        labels = [chr(ord("A") + i) for i in range(len(texts))]
-    return list(texts), [str(label) for label in labels]
-
-
-def _answer_index(answer, texts: list[str], labels: list[str]) -> int | None:
-    """0-based index from an index, a label ("B") or the right choice's text."""
-    if isinstance(answer, int) and not isinstance(answer, bool):
-        return answer if 0 <= answer < len(texts) else None
-    if isinstance(answer, str):
-        for column in (labels, texts):
-            if answer.strip() in column:
-                return column.index(answer.strip())
-    return None
-
-
-def parse_choice_item(data: dict, file: str = "", line: int = 0) -> ChoiceItem:
-    """A multiple-choice record, flat or in ARC's native shape, as a ChoiceItem.
-
-    {"question": "2+2?", "choices": ["3", "4"], "answer": 1}                      -> ChoiceItem("2+2?", ("3", "4"), 1)
-    {"question": {"stem": "2+2?", "choices": [{"text": "3", "label": "A"}, {"text": "4", "label": "B"}]},
-     "answerKey": "B"}                                                            -> ChoiceItem("2+2?", ("3", "4"), 1)
-    `answer` may be a 0-based index, a label (A, B, ... unless the choices carry their own) or a choice's text.
-
-    Raises:
-        DataError: naming the file, line and field that does not fit.
-    """
-    from tunesmith.errors import DataError
-
-    question, choices = data.get("question"), data.get("choices")
-    if isinstance(question, dict):
-        question, choices = question.get("stem"), question.get("choices")
-    if not isinstance(question, str) or not question.strip():
-        raise DataError("expected a non-empty question (or ARC's question.stem)", file=file, line=line,
-                        field="question")
-    columns = _choice_columns(choices)
-    if columns is None:
-        raise DataError("expected at least two non-empty choices: a list of strings or of {text, label}",
-                        file=file, line=line, field="choices")
-    texts, labels = columns
-    key = "answer" if "answer" in data else "answerKey"
-    answer = _answer_index(data.get(key), texts, labels)
-    if answer is None:
-        raise DataError(f"{data.get(key)!r} is not a choice index (0-{len(texts) - 1}), a label "
-                        f"({', '.join(labels)}) or one of the choices' texts", file=file, line=line, field=key)
-    return ChoiceItem(question, tuple(texts), answer, f"{file}:{line}")
-
-
-def load_choice_items(path, limit: int | None = None) -> list[ChoiceItem]:
-    """Every multiple-choice record of a file (JSONL, JSON, CSV...).
-
-    Raises:
-        DataError: listing every record that does not parse.
-    """
-    from tunesmith.data.load import read_rows
-    from tunesmith.errors import DataError
-
-    items, problems = [], []
-    for row in read_rows(path):
-        if row.problem is not None:
-            problems.append(row.problem)
-            continue
-        try:
-            items.append(parse_choice_item(row.data, row.file, row.line))
-        except DataError as e:
-            problems.extend(e.problems)
-    if problems:
-        raise DataError(problems)
-    if not items:
-        raise DataError(f"no multiple-choice records in {path}", file=str(path))
-    return items[:limit] if limit else items
-
-
-def choice_context(question: str) -> str:
-    """The prompt lm-evaluation-harness gives ARC-style tasks (no chat template, zero-shot)."""
-    return f"Question: {question}\nAnswer:"
-
-
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of context and continuation, split the way lm-evaluation-harness splits them.
-
-    Trailing spaces of the context move to the continuation; the whole text is encoded once and the
-    continuation is what follows the context's own encoding, so the continuation tokens are those the model
-    would see in the full text.
-
-    ("Answer: ", "yes") -> (ids of "Answer:", ids of " yes" as tokenized inside "Answer: yes")
-    """
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = tokenizer.encode(context + continuation)
-    context_ids = tokenizer.encode(context)
-    return context_ids, whole[len(context_ids):]
-
-
-def choice_loglikelihoods(model, tokenizer, item: ChoiceItem) -> list[float]:
-    """Summed log-probability of " " + each choice after the question's context.
-
-    The context runs through the model once; its KV cache is repeated for the choices, which then run
-    together as one right-padded batch, so a question costs two forward passes whatever its number of
-    choices. When context + continuation exceed the model's context, the context loses tokens on the left
-    (as lm-evaluation-harness does).
-    """
-    import torch
-
-    from tunesmith.models import context_length
-
-    pairs = [encode_pair(tokenizer, choice_context(item.question), " " + choice) for choice in item.choices]
-    context_ids = pairs[0][0]
-    continuations = [cont for _, cont in pairs]
-    longest = max(len(c) for c in continuations)
-    context_ids = context_ids[-max(1, context_length(model.config) + 1 - longest):]
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        out = model(input_ids=torch.tensor([context_ids], device=device), use_cache=True)
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        totals = [first[cont[0]].item() for cont in continuations]
-        rest = [i for i, cont in enumerate(continuations) if len(cont) > 1]
-        if rest:
-            width = max(len(continuations[i]) - 1 for i in rest)
-            ids = torch.zeros((len(rest), width), dtype=torch.long)  # padding is masked out
-            mask = torch.zeros((len(rest), len(context_ids) + width), dtype=torch.long)
-            mask[:, :len(context_ids)] = 1
-            for row, i in enumerate(rest):
-                feed = continuations[i][:-1]
-                ids[row, :len(feed)] = torch.tensor(feed)
-                mask[row, len(context_ids):len(context_ids) + len(feed)] = 1
-            cache = out.cache
-            cache.batch_repeat_interleave(len(rest))
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), cache=cache,
-                           use_cache=True).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for row, i in enumerate(rest):
-                targets = torch.tensor(continuations[i][1:], device=device)
-                totals[i] += logprobs[row, :len(targets)].gather(-1, targets[:, None]).sum().item()
-    return totals
-
-
-def choice_predictions(loglikelihoods: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
-    """(acc pick, acc_norm pick): the highest log-likelihood, and the highest log-likelihood per character of
-    the choice text (without the leading space), first index winning ties, as lm-evaluation-harness does.
-
-    >>> choice_predictions([-4.0, -6.0], ["no", "yes, sure"])  # -2.0/char vs -0.67/char
-    (0, 1)
-    """
-    import numpy as np
-
-    lls = np.asarray(loglikelihoods, dtype=float)
-    lengths = np.asarray([float(len(c)) for c in choices])
-    return int(np.argmax(lls)), int(np.argmax(lls / lengths))
-
-
-def score_choices(model, tokenizer, items: Sequence[ChoiceItem], samples: int = 1000, seed: int = 0,
-                  progress: bool = True) -> dict:
-    """acc and acc_norm (fractions 0-1, as lm-evaluation-harness reports them) with bootstrap intervals,
-    and every item's per-choice log-likelihoods."""
-    from tqdm.auto import tqdm
-
-    scored = []
-    for item in tqdm(items, desc="multiple choice", unit="q", disable=not progress):
-        lls = choice_loglikelihoods(model, tokenizer, item)
-        pick, pick_norm = choice_predictions(lls, item.choices)
-        scored.append({"where": item.where, "loglikelihoods": lls, "answer": item.answer, "pred": pick,
-                       "pred_norm": pick_norm, "acc": float(pick == item.answer),
-                       "acc_norm": float(pick_norm == item.answer)})
-    summary = summarize_metrics([{"acc": s["acc"], "acc_norm": s["acc_norm"]} for s in scored], samples, seed)
-    return {"n": len(scored), **summary, "items": scored}
-
-
-# ---------------------------------------------------------------- evaluating a run or a model
 
 @dataclass
 class EvalSet:
@@ -582,9 +174,15 @@ def evaluate_models(target: str, labels: Sequence[str], eval_set_for, eval_confi
                                       eval_config.seed)
         del generator
         gc.collect()
-    metrics = {
+    return metrics_content(target, eval_set, len(rows), options, models), rows
+
+
+def metrics_content(target: str, eval_set: EvalSet, n: int, options, models: dict) -> dict:
+    """metrics.json: what was evaluated and how (so a later eval can tell whether it is the same set), then
+    each model's summary."""
+    return {
         "target": str(target), "source": eval_set.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "n": len(rows), "n_loss": len(eval_set.examples),
+        "n": n, "n_loss": len(eval_set.examples),
         "scale": "metrics are 0-100; error shares are fractions 0-1",
         "normalization": "exact_match_normalized and token_f1 use SQuAD v1.1 normalization: lowercase, drop "
                          "punctuation and the articles a/an/the, collapse whitespace",
@@ -594,7 +192,6 @@ def evaluate_models(target: str, labels: Sequence[str], eval_set_for, eval_confi
                        "temperature": options.temperature, "top_p": options.top_p},
         "models": models,
     }
-    return metrics, rows
 
 
 def merge_previous(out_dir, metrics: dict, rows: list[dict]) -> tuple[dict, list[dict]]:
@@ -672,8 +269,8 @@ def evaluate(target: str, labels: Sequence[str], eval_config, *, paths=None, dat
     """
     from tunesmith.config import DataConfig, TokenizationConfig
     from tunesmith.errors import RunError
-    from tunesmith.prepare.tokenization import resolve_max_length
     from tunesmith.prepare.manifest import Manifest
+    from tunesmith.prepare.tokenization import resolve_max_length
 
     if data is None and paths is None:
         raise RunError(f"{target}: not a run folder, so there is no test split; give a data file with --data FILE")
@@ -706,8 +303,8 @@ def evaluate_choices(target: str, labels: Sequence[str], path: str, eval_config,
     """
     import gc
 
-    from tunesmith.use.generation import load_for_inference
     from tunesmith.runs import atomic_write_json
+    from tunesmith.use.generation import load_for_inference
 
     items = load_choice_items(path, eval_config.limit)
     models = {}

@@ -1,5 +1,5 @@
-"""Evaluation: metric functions on hand-worked examples, bootstrap intervals, error categories, the chunked
-response loss against a direct full-logits computation, and a whole eval of a hand-built run folder."""
+"""Evaluating a run: which models, the chunked response loss against a direct full-logits computation, and a
+whole eval of a hand-built run folder into metrics.json and predictions.jsonl."""
 
 from __future__ import annotations
 
@@ -9,113 +9,11 @@ import shutil
 
 import pytest
 
-from tunesmith.evaluate import run as ev
 from tunesmith.config import EvalConfig, TemplateConfig, TokenizationConfig, load_config
 from tunesmith.data import Record
 from tunesmith.errors import RunError
-
-
-class TestNormalization:
-    @pytest.mark.parametrize("text, expected", [
-        ("The Eiffel Tower!", "eiffel tower"),
-        ("  an   apple,\tA pear.\n", "apple pear"),
-        ("Theory of a thing", "theory of thing"),  # only whole-word articles go
-        ("", ""),
-    ])
-    def test_squad_normalization(self, text, expected):
-        assert ev.normalize_answer(text) == expected
-
-    def test_exact_match_raw_only_ignores_surrounding_whitespace(self):
-        assert ev.exact_match("  Paris\n", "Paris") == 100.0
-        assert ev.exact_match("paris", "Paris") == 0.0
-        assert ev.exact_match("Paris.", "Paris") == 0.0
-
-    def test_exact_match_normalized_ignores_case_punctuation_articles(self):
-        assert ev.exact_match("the  PARIS.", "Paris", normalized=True) == 100.0
-        assert ev.exact_match("Lyon", "Paris", normalized=True) == 0.0
-
-
-class TestTokenF1:
-    def test_hand_worked(self):
-        # pred "the cat sat on a mat" -> [cat, sat, on, mat]; ref "A cat sat." -> [cat, sat]
-        # shared 2: precision 2/4, recall 2/2, F1 = 2 * 0.5 * 1 / 1.5 = 2/3
-        assert ev.token_f1("the cat sat on a mat", "A cat sat.") == pytest.approx(200 / 3)
-
-    def test_counts_repeated_words_once_per_occurrence(self):
-        # pred [red, red, red], ref [red, blue]: shared min(3,1)=1 -> P 1/3, R 1/2, F1 = 0.4
-        assert ev.token_f1("red red red", "red blue") == pytest.approx(40.0)
-
-    @pytest.mark.parametrize("pred, ref, expected", [("", "", 100.0), ("", "x", 0.0), ("x", "", 0.0),
-                                                     ("a b", "c d", 0.0)])
-    def test_edge_cases(self, pred, ref, expected):
-        assert ev.token_f1(pred, ref) == expected
-
-
-class TestRougeL:
-    def test_hand_worked(self):
-        # LCS of [the, cat, sat, on, the, mat] and [the, cat, is, on, the, mat] is 5 words: P = R = 5/6
-        assert ev.rouge_l("The cat sat on the mat.", "the cat is on the mat") == pytest.approx(500 / 6)
-
-    def test_order_matters(self):
-        # LCS of [a, b, c, d] and [d, c, b, a] is 1 word: P = R = 1/4
-        assert ev.rouge_l("a b c d", "d c b a") == pytest.approx(25.0)
-
-    def test_non_ascii_words_count(self):
-        assert ev.rouge_l("Größe überall", "größe überall") == pytest.approx(100.0)
-
-
-class TestBleuChrf:
-    def test_identical_and_disjoint(self):
-        text = "the quick brown fox jumps over the lazy dog"
-        assert ev.sentence_bleu(text, text) == pytest.approx(100.0)
-        assert ev.sentence_chrf(text, text) == pytest.approx(100.0)
-        assert ev.sentence_bleu("zzz qqq", text) < 1.0
-
-    def test_example_metrics_has_every_metric(self):
-        assert set(ev.example_metrics("a", "a")) == set(ev.METRICS)
-
-    def test_corpus_bleu_pools_counts(self):
-        hyps, refs = ["the cat sat on the mat", "a dog ran"], ["the cat sat on the mat", "a dog ran"]
-        assert ev.corpus_scores(hyps, refs)["bleu"] == pytest.approx(100.0)
-
-
-class TestBootstrap:
-    values = [0.0, 10.0, 20.0, 90.0, 100.0, 35.0, 50.0, 5.0]
-
-    def test_contains_the_mean_and_is_deterministic(self):
-        mean = sum(self.values) / len(self.values)
-        low, high = ev.bootstrap_interval(self.values, samples=500, seed=3)
-        assert low < mean < high
-        assert (low, high) == ev.bootstrap_interval(self.values, samples=500, seed=3)
-        assert (low, high) != ev.bootstrap_interval(self.values, samples=500, seed=4)
-
-    def test_more_data_gives_a_narrower_interval(self):
-        low1, high1 = ev.bootstrap_interval(self.values, seed=0)
-        low2, high2 = ev.bootstrap_interval(self.values * 20, seed=0)
-        assert high2 - low2 < high1 - low1
-
-    def test_summary(self):
-        summary = ev.summarize_metrics([{"rouge_l": v} for v in self.values], samples=200, seed=0)
-        assert summary["rouge_l"]["mean"] == pytest.approx(38.75)
-        assert summary["rouge_l"]["low"] < 38.75 < summary["rouge_l"]["high"]
-
-
-class TestErrorCategories:
-    def test_repetition_share(self):
-        # 4-gram "we will go now" occurs twice: all 8 words are covered
-        assert ev.repetition_share("we will go now we will go now") == 1.0
-        assert ev.repetition_share("The capital of France is Paris, a city on the Seine.") == 0.0
-
-    def test_looping_answer_is_repetitive_but_a_repeated_phrase_is_not(self):
-        assert ev.is_repetitive("I am a bot. " * 6)
-        assert not ev.is_repetitive("Press the red button, then wait. If the light stays on, press the red "
-                                    "button again and call support at any time of day or night.")
-
-    def test_flags_and_shares(self):
-        flags = [ev.error_flags("", "stop"), ev.error_flags("ok", "length"), ev.error_flags("ok", "stop"),
-                 ev.error_flags("la la la la la la la", "length")]
-        assert flags[0] == {"empty": True, "length": False, "repetitive": False}
-        assert ev.error_shares(flags) == {"empty": 0.25, "length": 0.5, "repetitive": 0.25}
+from tunesmith.evaluate import run as ev
+from tunesmith.evaluate.metrics import ERROR_CATEGORIES, METRICS
 
 
 class TestModelLabels:
@@ -163,15 +61,14 @@ def trained_run(tmp_path, tiny_model_dir, monkeypatch):
     from tunesmith.prepare.pipeline import prepare
     from tunesmith.runs import create_run
 
-    monkeypatch.setenv("TUNESMITH_FORCE_FP32", "1")
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": r.prompt, "answer": r.response}) + "\n" for r in _records(10)))
     config = load_config(base={
         "model": {"name": str(tiny_model_dir)}, "data": {"path": str(data)}, "split": {"test_size": 3},
-        "training": {"method": "full"}, "eval": {"max_new_tokens": 4, "bootstrap_samples": 50},
+        "training": {"method": "full", "precision": "fp32"}, "eval": {"max_new_tokens": 4, "bootstrap_samples": 50},
         "output": {"runs_dir": str(tmp_path / "runs"), "name": "r1"}})
     paths = create_run(config)
-    prepare(config)
+    prepare(paths, config.model, config.data, config.template, config.tokenization, config.split)
     shutil.copytree(tiny_model_dir, paths.model)
     (paths.model / "tunesmith.json").write_text(json.dumps(
         {"base_model": str(tiny_model_dir), "method": "full", "template": {"name": "auto"}}))
@@ -186,7 +83,7 @@ def test_evaluate_run_writes_metrics_and_predictions(trained_run):
     base = result["models"]["base"]
     assert result["n"] == 3 and base["n"] == 3 and base["loss_tokens"] > 0
     assert base["perplexity"] == pytest.approx(math.exp(base["loss"]))
-    assert set(base["metrics"]) == set(ev.METRICS) and set(base["errors"]) == set(ev.ERROR_CATEGORIES)
+    assert set(base["metrics"]) == set(METRICS) and set(base["errors"]) == set(ERROR_CATEGORIES)
     for stats in base["metrics"].values():
         assert stats["low"] <= stats["mean"] <= stats["high"]
 
