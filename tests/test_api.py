@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from tunesmith import Tuner
+from tunesmith import Tuner, api
 from tunesmith.cli import main
+from tunesmith.config import GenerateConfig
 from tunesmith.errors import ConfigError, RunError
 
 
@@ -34,7 +35,12 @@ def test_three_line_api_trains_evaluates_and_generates(tuner):
     assert set(metrics["models"]) == {"base", "finetuned"}
     assert metrics["models"]["finetuned"]["n"] == 4
     assert metrics["models"]["finetuned"]["loss"] < metrics["models"]["base"]["loss"]
-    assert isinstance(tuner.generate("What is the code of box 3?", max_new_tokens=4), str)
+    # the facade answers exactly as `tunesmith generate` does: same template, greedy, the run's precision
+    answer = tuner.generate("What is the code of box 3?", max_new_tokens=4)
+    [row] = api.generate_answers(str(tuner.run), prompts=["What is the code of box 3?"],
+                                 settings=GenerateConfig(max_new_tokens=4, precision="fp32"), progress=False)
+    assert answer and answer == row["output"]
+    assert 1 <= row["completion_tokens"] <= 4
 
 
 def test_unknown_training_setting_is_named(tuner):
@@ -60,9 +66,15 @@ output: {{runs_dir: {tmp_path / 'runs'}, name: r}}
     assert main(["run", str(config)]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "r"
-    assert f"report:" in out and str(run / "report.html") in out
+    assert "report:" in out and str(run / "report.html") in out
     assert "test loss:" in out and "base" in out and "finetuned" in out
     for produced in ("config.yaml", "metrics.jsonl", "loss.png", "model/config.json", "eval/metrics.json",
                      "data_stats.json"):
         assert (run / produced).is_file(), produced
-    assert "Metrics" in (run / "report.html").read_text()
+    # The nav always says "Metrics": check the section holds this run's numbers, as eval/metrics.json has them.
+    metrics = (run / "report.html").read_text().split('<section id="metrics">', 1)[1].split("</section>", 1)[0]
+    models = json.loads((run / "eval" / "metrics.json").read_text())["models"]
+    assert "not computed" not in metrics
+    for label in ("base", "finetuned"):
+        assert f"<td>{models[label]['loss']:,.4f}</td>" in metrics
+        assert f"{models[label]['metrics']['rouge_l']['mean']:,.2f} <span" in metrics

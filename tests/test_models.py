@@ -55,3 +55,31 @@ def test_precision_auto_follows_hardware(monkeypatch):
     assert resolve_precision("auto", cpu) == "bf16"
     monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
+
+
+def test_torch_dtype_follows_the_precision(monkeypatch):
+    import torch
+
+    from tunesmith import models
+
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
+    cpu = torch.device("cpu")
+    assert [models.torch_dtype(p, cpu) for p in ("fp32", "bf16", "fp16", "auto")] == [
+        torch.float32, torch.bfloat16, torch.float16, torch.float32]
+
+
+def test_a_full_run_model_loads_from_its_folder_and_the_base_from_its_name(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from tunesmith.models import load_model_for, load_tokenizer_for
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    base = ModelConfig(name="no-such-org/no-such-model")  # never loaded for the finetuned weights
+    model = load_model_for(model_dir, {"base_model": base.name}, "finetuned", base, torch.float32, "cpu")
+    assert model.config.num_hidden_layers == 2 and model.dtype == torch.float32
+    assert load_tokenizer_for(model_dir, base).pad_token is not None
+    with pytest.raises(ModelError, match="no-such-org/no-such-model"):
+        load_model_for(model_dir, {"base_model": base.name}, "base", base, torch.float32, "cpu")

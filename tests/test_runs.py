@@ -5,8 +5,19 @@ import pytest
 
 from tunesmith.config import Config, load_config
 from tunesmith.errors import RunError
-from tunesmith.runs import (append_jsonl, atomic_dir, atomic_write_json, create_run, file_sha256, open_run,
-                            read_jsonl, run_paths)
+from tunesmith.runs import (
+    append_jsonl,
+    atomic_dir,
+    atomic_write_json,
+    create_run,
+    file_sha256,
+    is_run_folder,
+    locate_model,
+    open_run,
+    read_jsonl,
+    read_run_info,
+    run_paths,
+)
 
 
 def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
@@ -82,3 +93,38 @@ def test_default_run_name_is_stable_for_a_config_and_changes_with_it():
     assert run_paths(config) == run_paths(same)
     assert run_paths(config) != run_paths(changed)
     assert run_paths(config).root.name.startswith("qa-lora-")
+
+
+class TestLocateModel:
+    def test_plain_model_folder_has_no_run_info(self, tiny_model_dir):
+        assert locate_model(str(tiny_model_dir)) == (None, None)
+
+    def test_a_name_that_is_no_folder_is_left_to_the_model_loader(self):
+        assert locate_model("smollm2-135m-instruct") == (None, None)
+
+    def test_run_without_model_is_a_clear_error(self, tmp_path):
+        (tmp_path / "config.yaml").write_text("{}\n")
+        with pytest.raises(RunError, match="no trained model"):
+            locate_model(str(tmp_path))
+
+    def test_run_folder_points_at_its_model(self, tmp_path):
+        (tmp_path / "config.yaml").write_text("{}\n")
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "tunesmith.json").write_text(json.dumps({"base_model": "b", "method": "lora"}))
+        assert locate_model(str(tmp_path)) == (tmp_path / "model", {"base_model": "b", "method": "lora"})
+        assert locate_model(str(tmp_path / "model")) == (tmp_path / "model", {"base_model": "b", "method": "lora"})
+
+
+@pytest.mark.parametrize("text, message", [("{not json", "not valid JSON"), ('{"method": "lora"}', "base_model"),
+                                           ("[1]", "base_model")])
+def test_broken_run_info_is_a_run_error(tmp_path, text, message):
+    (tmp_path / "tunesmith.json").write_text(text)
+    with pytest.raises(RunError, match=message):
+        read_run_info(tmp_path)
+
+
+def test_a_model_folder_with_a_config_yaml_is_not_a_run(tmp_path):
+    (tmp_path / "config.yaml").write_text("{}\n")
+    assert is_run_folder(tmp_path)
+    (tmp_path / "config.json").write_text("{}\n")
+    assert not is_run_folder(tmp_path)

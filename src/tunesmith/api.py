@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tunesmith.config import (Config, DataConfig, FromDocsConfig, ModelConfig, SelfInstructConfig, ServeConfig,
-                                  TeacherConfig, TemplateConfig, TokenizationConfig)
+    from tunesmith.config import (ChatConfig, Config, DataConfig, ExportConfig, FromDocsConfig, GenerateConfig,
+                                  ModelConfig, SelfInstructConfig, ServeConfig, TeacherConfig, TemplateConfig,
+                                  TokenizationConfig)
     from tunesmith.data.stats import DataInspection
-    from tunesmith.datagen.generators import DatagenSummary
+    from tunesmith.datagen.output import DatagenSummary
+    from tunesmith.use.chat import ChatSession
     from tunesmith.use.export import ExportResult
-    from tunesmith.use.generation import GenerationOptions
+    from tunesmith.use.serve import Server
     from tunesmith.prepare.pipeline import PrepareResult
     from tunesmith.train.loop import TrainResult
 
@@ -42,36 +44,45 @@ def prepare_data(config_path: str | None = None, overrides: list[str] | None = N
         DataError: the data is invalid (every problem listed).
     """
     from tunesmith.config import load_config
-    from tunesmith.prepare.pipeline import prepare
 
-    return prepare(load_config(config_path, overrides))
+    return _prepare(load_config(config_path, overrides))
+
+
+def _prepare(config: Config) -> PrepareResult:
+    """The config's run folder, created, with its data prepared: the one place the api hands prepare its sections.
+
+    The data paths are checked before the folder is made, so a mistyped path leaves no empty run behind.
+    """
+    from tunesmith.prepare.pipeline import check_data_paths, prepare
+    from tunesmith.runs import create_run
+
+    check_data_paths(config.data)
+    return prepare(create_run(config), config.model, config.data, config.template, config.tokenization,
+                   config.split)
 
 
 def evaluate_run(target: str, model: str | None = None, data: str | None = None, limit: int | None = None,
                  mc: str | None = None, max_new_tokens: int | None = None, out: str | None = None,
-                 progress: bool = True) -> dict:
+                 precision: str | None = None, progress: bool = True) -> dict:
     """Evaluate a run (base and/or finetuned) or a plain model; returns what `eval/metrics.json` holds.
 
     A run folder's results go to `<run>/eval/` (test split), `<run>/eval/data-<stem>/` (`data`) or
-    `<run>/eval/mc-<stem>.json` (`mc`); a plain model's only to `out` when given.
+    `<run>/eval/mc-<stem>.json` (`mc`); a plain model's only to `out` when given. The models run in `precision`
+    when given, else in the run's `training.precision`.
 
     Raises:
         RunError: no model or nothing to evaluate on; DataError: an invalid data or multiple-choice file.
     """
-    from pathlib import Path
-
-    from tunesmith.evaluate import run as evaluation
     from tunesmith.config import Config
-    from tunesmith.use.generation import locate_model
-    from tunesmith.runs import open_run
+    from tunesmith.evaluate import run as evaluation
+    from tunesmith.runs import is_run_folder, locate_model, open_run
 
     _, info = locate_model(target)
-    is_run = (Path(target) / "config.yaml").is_file()
-    paths, config = open_run(target) if is_run else (None, Config())
+    paths, config = open_run(target) if is_run_folder(target) else (None, Config())
     labels = evaluation.model_labels(model, is_trained=info is not None, compare_base=config.eval.compare_base)
     overrides = {"limit": limit, "max_new_tokens": max_new_tokens}
     eval_config = config.eval.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    precision = config.training.precision
+    precision = precision or config.training.precision
     if mc is not None:
         out_file = Path(out) if out else (paths.eval_dir / f"mc-{Path(mc).stem}.json" if paths else None)
         return evaluation.evaluate_choices(target, labels, mc, eval_config, precision=precision, out_file=out_file,
@@ -92,10 +103,10 @@ def generate_self_instruct(seeds: str, out: str, teacher: TeacherConfig, options
         DataError: unreadable seeds or an `out` file this generator did not write.
         ConfigError: the teacher rejects the URL, key or model.
     """
-    from tunesmith.datagen import generators as datagen
+    from tunesmith.datagen.self_instruct import self_instruct
 
     with _teacher(teacher) as t:
-        return datagen.self_instruct(seeds, out, t, options, progress=progress)
+        return self_instruct(seeds, out, t, options, progress=progress)
 
 
 def generate_qa_from_docs(docs: str, out: str, teacher: TeacherConfig, options: FromDocsConfig,
@@ -106,18 +117,18 @@ def generate_qa_from_docs(docs: str, out: str, teacher: TeacherConfig, options: 
         DataError: no readable documents or an `out` file this generator did not write.
         ConfigError: the teacher rejects the URL, key or model.
     """
-    from tunesmith.datagen import generators as datagen
+    from tunesmith.datagen.from_docs import qa_from_docs
 
     with _teacher(teacher) as t:
-        return datagen.qa_from_docs(docs, out, t, options, progress=progress)
+        return qa_from_docs(docs, out, t, options, progress=progress)
 
 
 @contextlib.contextmanager
 def _teacher(config: TeacherConfig):
     """The teacher a config names, its API key read here from the environment variable the config names."""
-    from tunesmith.datagen import generators as datagen
+    from tunesmith.datagen.teachers import build_teacher
 
-    teacher = datagen.build_teacher(config, api_key=os.environ.get(config.key_env) or None)
+    teacher = build_teacher(config, api_key=os.environ.get(config.key_env) or None)
     try:
         yield teacher
     finally:
@@ -125,8 +136,8 @@ def _teacher(config: TeacherConfig):
 
 
 def generate_answers(target: str, prompts: list[str] | None = None, input_path: str | None = None,
-                     output_path: str | None = None, options: GenerationOptions | None = None,
-                     which: str = "finetuned", batch_size: int = 8, progress: bool = True) -> list[dict]:
+                     output_path: str | None = None, settings: GenerateConfig | None = None,
+                     which: str = "finetuned", progress: bool = True) -> list[dict]:
     """Answer prompts (given as text, or as a JSONL file) with a run's model and its template, batched.
 
     Each result row is the input row plus `output`, `finish_reason`, `prompt_tokens`, `completion_tokens`;
@@ -135,15 +146,19 @@ def generate_answers(target: str, prompts: list[str] | None = None, input_path: 
     Raises:
         DataError: a bad prompts file; RunError/ModelError: the run or model cannot be loaded.
     """
-    from tunesmith.use.generation import GenerationOptions, as_prompt_record, load_for_inference, read_prompts
+    from tunesmith.config import GenerateConfig
+    from tunesmith.data.prompts import as_prompt_record, read_prompts
     from tunesmith.runs import atomic_write_text
+    from tunesmith.use.generation import GenerationOptions, load_for_inference
 
+    settings = settings or GenerateConfig()
     rows = [({"prompt": p}, as_prompt_record(p)) for p in prompts or []]
     if input_path is not None:
         rows += read_prompts(input_path)
-    generator = load_for_inference(target, which=which)
+    generator = load_for_inference(target, which=which, precision=settings.precision)
     rendered = [generator.render(record) for _, record in rows]
-    generations = generator.generate(rendered, options or GenerationOptions(), batch_size=batch_size,
+    batch_size = settings.batch_size
+    generations = generator.generate(rendered, GenerationOptions.from_config(settings), batch_size=batch_size,
                                      progress=progress and len(rows) > batch_size)
     results = [{**row, "output": g.text, "finish_reason": g.finish_reason, "prompt_tokens": g.num_prompt_tokens,
                 "completion_tokens": g.num_tokens} for (row, _), g in zip(rows, generations)]
@@ -152,66 +167,35 @@ def generate_answers(target: str, prompts: list[str] | None = None, input_path: 
     return results
 
 
-def chat(target: str, options: GenerationOptions | None = None, system: str | None = None, which: str = "finetuned",
-         read=input, write=None) -> None:
-    """An interactive chat in the terminal: answers stream as they are produced; /reset, /system TEXT, /exit.
+def open_chat(target: str, settings: ChatConfig | None = None, system: str | None = None,
+              which: str = "finetuned") -> ChatSession:
+    """A conversation with a run's model (or any model), ready for `ask`; the terminal loop is the CLI's.
 
     Raises:
         RunError/ModelError: the run or model cannot be loaded.
     """
-    import sys
+    from tunesmith.config import ChatConfig
+    from tunesmith.use.chat import ChatSession
+    from tunesmith.use.generation import GenerationOptions, load_for_inference
 
-    from tunesmith.errors import TunesmithError
-    from tunesmith.use.generation import ChatSession, GenerationOptions, load_for_inference
-
-    write = write or sys.stdout.write
-    generator = load_for_inference(target, which=which)
-    session = ChatSession(generator, options or GenerationOptions(max_new_tokens=256), system)
-    write(f"chatting with {generator.name} (template {generator.template.name}); "
-          f"/reset starts over, /system TEXT sets the system prompt, /exit quits\n")
-    while True:
-        try:
-            line = read(">>> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            write("\n")
-            return
-        if not line:
-            continue
-        if line in ("/exit", "/quit"):
-            return
-        if line == "/reset":
-            session.reset()
-            write("(conversation cleared)\n")
-            continue
-        if line == "/system" or line.startswith("/system "):
-            session.system = line[len("/system"):].strip() or None
-            session.reset()
-            write(f"(system prompt {'set' if session.system else 'cleared'}; conversation cleared)\n")
-            continue
-        try:
-            for piece in session.ask(line):
-                write(piece)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            write(" [stopped]")
-        except TunesmithError as e:
-            write(f"error: {e}")
-        write("\n")
+    settings = settings or ChatConfig()
+    generator = load_for_inference(target, which=which, precision=settings.precision)
+    return ChatSession(generator, GenerationOptions.from_config(settings), system)
 
 
-def serve(target: str, limits: ServeConfig | None = None, api_key: str | None = None,
-          which: str = "finetuned") -> None:
-    """Serve a run's model over an OpenAI-compatible HTTP API until interrupted.
+def open_server(target: str, limits: ServeConfig | None = None, api_key: str | None = None,
+                which: str = "finetuned") -> Server:
+    """A run's model behind an OpenAI-compatible HTTP API, loaded and ready: `.run()` serves until interrupted.
 
     Raises:
         RunError/ModelError: the run or model cannot be loaded.
     """
     from tunesmith.config import ServeConfig
     from tunesmith.use.generation import load_for_inference
-    from tunesmith.use.serve import run_server
+    from tunesmith.use.serve import build_server
 
     limits = limits or ServeConfig()
-    run_server(load_for_inference(target, which=which), limits.host, limits.port, api_key=api_key, limits=limits)
+    return build_server(load_for_inference(target, which=which, precision=limits.precision), limits, api_key)
 
 
 def build_report(run: str, out: str | None = None) -> Path:
@@ -220,18 +204,20 @@ def build_report(run: str, out: str | None = None) -> Path:
     Raises:
         RunError: `run` is not a run folder.
     """
-    from tunesmith.report import html as report
+    from tunesmith.report.html import build_report as write_report
     from tunesmith.runs import open_run
 
     paths, _ = open_run(run)
-    return report.build_report(paths, out)
+    return write_report(paths, out)
 
 
-def list_runs(runs_dir: str = "runs") -> tuple[list[str], list[list[str]]]:
-    """(header, rows) describing every run under runs_dir: data, model, method, settings, time, loss, metrics."""
-    from tunesmith.report import html as report
+def list_runs(runs_dir: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) describing every run under runs_dir (default `output.runs_dir`): data, model, method,
+    settings, time, loss, metrics."""
+    from tunesmith.config import OutputConfig
+    from tunesmith.report.runs_table import find_runs, run_table
 
-    return report.run_table(report.find_runs(runs_dir))
+    return run_table(find_runs(runs_dir or OutputConfig().runs_dir))
 
 
 def compare_runs(runs: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -240,10 +226,10 @@ def compare_runs(runs: list[str]) -> tuple[list[str], list[list[str]]]:
     Raises:
         RunError: one of them is not a run folder.
     """
-    from tunesmith.report import html as report
+    from tunesmith.report.runs_table import run_table
     from tunesmith.runs import open_run
 
-    return report.run_table([open_run(run)[0] for run in runs])
+    return run_table([open_run(run)[0] for run in runs])
 
 
 def inspect_data(path: str, data: DataConfig | None = None, model: ModelConfig | None = None,
@@ -256,30 +242,20 @@ def inspect_data(path: str, data: DataConfig | None = None, model: ModelConfig |
         DataError: the file is unreadable or (with `on_error: fail`) has invalid records, all listed.
         ModelError: the tokenizer cannot be loaded.
     """
-    from tunesmith.config import DataConfig, ModelConfig, TemplateConfig, TokenizationConfig
-    from tunesmith.data import load_records
-    from tunesmith.data.stats import DataInspection, compute_stats, plot_lengths
-    from tunesmith.models import context_length, load_model_config, load_tokenizer
-    from tunesmith.prepare.templates import resolve_template_name
-    from tunesmith.prepare.tokenization import measure_lengths, resolve_max_length
+    import dataclasses
 
-    data, model = data or DataConfig(), model or ModelConfig()
-    template, tokenization = template or TemplateConfig(), tokenization or TokenizationConfig()
-    loaded = load_records(path, data)
-    tokenizer = load_tokenizer(model)
-    lengths = measure_lengths(loaded.records, tokenizer, template)
-    totals = [p + r for p, r in lengths]
-    model_context = context_length(load_model_config(model))
-    max_length = resolve_max_length(tokenization, totals, model_context)
-    source = (f"given (tokenization.max_length={tokenization.max_length})" if tokenization.max_length != "auto"
-              else f"auto: p99 of total lengths, capped by the model's context of {model_context}")
-    stats = compute_stats(loaded.records, lengths, max_length, tokenization.truncation_side)
-    if plot is not None:
-        plot = str(plot_lengths(totals, max_length, plot))
-    return DataInspection(file=loaded.file, shape=loaded.shape, reason=loaded.reason,
-                          skipped=[str(p) for p in loaded.skipped], model=model.name,
-                          template=resolve_template_name(template, tokenizer), max_length_source=source,
-                          stats=stats, plot=plot)
+    from tunesmith.config import DataConfig, ModelConfig, TemplateConfig, TokenizationConfig
+    from tunesmith.prepare import inspect
+    from tunesmith.report.charts import length_chart
+    from tunesmith.runs import atomic_write_bytes
+
+    result = inspect.inspect_data(path, data or DataConfig(), model or ModelConfig(), template or TemplateConfig(),
+                                  tokenization or TokenizationConfig())
+    if plot is None:
+        return result
+    cut = result.stats.truncation
+    chart = length_chart(result.total_lengths, cut.max_length if cut else None, truncated=False)
+    return dataclasses.replace(result, plot=str(atomic_write_bytes(plot, chart)))
 
 
 def train_config(config: Config, resume: bool = False) -> tuple[PrepareResult, TrainResult]:
@@ -288,18 +264,29 @@ def train_config(config: Config, resume: bool = False) -> tuple[PrepareResult, T
     Raises:
         ConfigError, DataError, ModelError, TrainingError: what the stages raise, each naming what and where.
     """
-    from tunesmith.prepare.pipeline import prepare
     from tunesmith.train.loop import train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under accelerate launch / torchrun every process runs this; the first prepares, the others reuse it.
-        from tunesmith.train.loop import process_state
+        from tunesmith.train.distributed import process_state
 
         with process_state().main_process_first():
-            prepared = prepare(config)
+            prepared = _prepare(config)
     else:
-        prepared = prepare(config)
-    return prepared, train(prepared.paths, config.model, config.training, resume=resume)
+        prepared = _prepare(config)
+    return prepared, train(prepared.paths, config.model, config.training, config.template, resume=resume,
+                           on_metrics=_write_loss_plot)
+
+
+def _write_loss_plot(paths, metrics: list[dict]) -> None:
+    """The run's `loss.png` (`paths`: its RunPaths): the report's loss chart (train loss per step, test loss per
+    evaluation), replaced atomically; training calls it through `on_metrics`, as train may not import report."""
+    from tunesmith.report.charts import loss_chart
+    from tunesmith.runs import atomic_write_bytes
+
+    png = loss_chart(metrics)
+    if png is not None:
+        atomic_write_bytes(paths.loss_plot, png)
 
 
 def train_run(config_path: str, overrides: list[str] | None = None, resume: bool = False) -> TrainResult:
@@ -463,14 +450,18 @@ class Tuner:
         return evaluate_run(str(self._require_run()), model=which, limit=limit, progress=progress)
 
     def generate(self, prompt: str, **options) -> str:
-        """The finetuned model's answer to one prompt, with the template it was trained with."""
-        from tunesmith.use.generation import GenerationOptions, as_prompt_record, load_for_inference
+        """The finetuned model's answer to one prompt, with the template it was trained with.
+
+        Keywords are `GenerationOptions` fields (`max_new_tokens=64`, `do_sample=True`...); the model runs in
+        `training.precision`.
+        """
+        from tunesmith.config import GenerateConfig
+        from tunesmith.use.generation import GenerationOptions, load_for_inference
 
         if self._generator is None:
-            self._generator = load_for_inference(str(self._require_run()))
-        rendered = self._generator.render(as_prompt_record(prompt))
-        return self._generator.generate([rendered], GenerationOptions(**options), batch_size=1,
-                                        progress=False)[0].text
+            self._generator = load_for_inference(str(self._require_run()), precision=self.config.training.precision)
+        decoding = GenerationOptions(**{"max_new_tokens": GenerateConfig().max_new_tokens, **options})
+        return self._generator.generate([self._generator.render(prompt)], decoding, batch_size=1)[0].text
 
     def report(self) -> Path:
         """Write and return the run's HTML report."""
@@ -507,7 +498,7 @@ def _with(config: Config, dotted: dict) -> Config:
     return config_from_dict(raw, "Tuner")
 
 
-def export(run: str, out: str, merge: bool = False, dtype: str = "fp32", gguf: bool = False) -> ExportResult:
+def export(run: str, out: str, settings: ExportConfig | None = None) -> ExportResult:
     """Export a run's model as a plain Hugging Face folder (LoRA merged on request), optionally with a GGUF file.
 
     Raises:
@@ -516,4 +507,4 @@ def export(run: str, out: str, merge: bool = False, dtype: str = "fp32", gguf: b
     """
     from tunesmith.use.export import export_run
 
-    return export_run(run, out, merge=merge, dtype=dtype, gguf=gguf)
+    return export_run(run, out, settings)

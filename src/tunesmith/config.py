@@ -266,6 +266,50 @@ class ServeConfig(Section):
     """Answer length when a request does not say (capped by the context left after the prompt)."""
     max_n: int = Field(default=8, gt=0)
     """Most answers (`n`) one request may ask for."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Precision the served model runs in; `auto` = bf16 where the hardware runs it fast, else fp32."""
+
+
+class DecodingConfig(Section):
+    """How answers are decoded: greedy unless a temperature is given, so the same prompt gives the same answer."""
+
+    max_new_tokens: int = Field(default=128, gt=0)
+    """Longest answer in tokens."""
+    temperature: float = Field(default=0.0, ge=0)
+    """0 decodes greedily; above 0 samples at that temperature."""
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling when sampling."""
+    seed: int | None = None
+    """Seed for sampling, for repeatable samples."""
+    stop: list[str] = []
+    """Stop the answer before any of these texts."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Precision the model runs in; `auto` = bf16 where the hardware runs it fast, else fp32."""
+
+
+class GenerateConfig(DecodingConfig):
+    """`tunesmith generate` and `Tuner.generate`: answer prompts in batches."""
+
+    batch_size: int = Field(default=8, gt=0)
+    """Prompts generated together."""
+
+
+class ChatConfig(DecodingConfig):
+    """`tunesmith chat`: one conversation in the terminal, answers streamed."""
+
+    max_new_tokens: int = Field(default=256, gt=0)
+    """Longest answer in tokens."""
+
+
+class ExportConfig(Section):
+    """`tunesmith export`: a run's model as a plain Hugging Face folder."""
+
+    dtype: Literal["bf16", "fp32"] = "fp32"
+    """Precision of the exported weights."""
+    merge: bool = False
+    """Merge LoRA adapters into the base weights (a standalone model)."""
+    gguf: bool = False
+    """Also write a GGUF file for llama.cpp (llama models)."""
 
 
 def validate_section(cls: type[Section], raw: dict, source: str) -> Section:

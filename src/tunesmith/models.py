@@ -191,13 +191,50 @@ def resolve_precision(precision: str, device) -> str:
 
     if precision != "auto":
         return precision
-    if os.environ.get("TUNESMITH_FORCE_FP32") == "1":
-        return "fp32"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return "fp32"
+
+
+def torch_dtype(precision: str, device):
+    """The torch dtype a precision setting (`auto` resolved for `device`) runs in."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        resolve_precision(precision, device)]
+
+
+def load_model_for(model_dir: Path | None, info: dict | None, which: str, model_config: ModelConfig,
+                   dtype, device):
+    """The weights to run: a full model as saved, LoRA adapters merged into their base, or the base itself.
+
+    `model_dir` and `info` come from `runs.locate_model`; `which` is "finetuned" or "base".
+    """
+    if info is None or which == "base":
+        return load_model(model_config, dtype=dtype, device=device)
+    if not (model_dir / "adapter_config.json").is_file():
+        return load_model(model_config.model_copy(update={"name": str(model_dir)}), dtype=dtype, device=device)
+    import torch
+    from peft import PeftModel
+
+    # Merged in fp32 and then cast: the weights are exactly what `tunesmith export --merge` writes (and they run
+    # faster than base + adapter).
+    base = load_model(model_config, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload().to(device=device, dtype=dtype)
+
+
+def load_tokenizer_for(model_dir: Path | None, model_config: ModelConfig):
+    """The tokenizer saved with the run (the one training used), else the base model's."""
+    if model_dir is None or not (model_dir / "tokenizer_config.json").is_file():
+        return load_tokenizer(model_config)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=model_config.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def apply_lora(model, training: TrainingConfig):

@@ -196,6 +196,47 @@ def is_run_folder(path: str | Path) -> bool:
     return (path / "config.yaml").is_file() and not (path / "config.json").is_file()
 
 
+def read_run_info(model_dir: Path) -> dict | None:
+    """The `tunesmith.json` next to a trained or exported model, or None for a plain model folder.
+
+    Raises:
+        RunError: the file is not JSON or lacks `base_model`.
+    """
+    path = model_dir / RUN_INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e}); it is written by `tunesmith train`") from None
+    if not isinstance(info, dict) or "base_model" not in info:
+        raise RunError(f"{path}: missing 'base_model'; it is written by `tunesmith train`")
+    return info
+
+
+def locate_model(run_or_model: str) -> tuple[Path | None, dict | None]:
+    """Where the weights are and what `tunesmith.json` says about them.
+
+    `runs/x` (a run folder) -> (`runs/x/model`, info); `runs/x/model` or an exported folder -> (itself, info);
+    anything else (alias, plain folder, hub name) -> (None, None).
+
+    Raises:
+        RunError: a run folder without a trained model.
+    """
+    path = Path(run_or_model).expanduser()
+    if not path.is_dir():
+        return None, None
+    if is_run_folder(path):
+        model_dir = path / "model"
+        info = read_run_info(model_dir)
+        if info is None:
+            raise RunError(f"{path}: this run has no trained model yet ({model_dir / RUN_INFO_FILE} is missing); "
+                           f"run `tunesmith train` first")
+        return model_dir, info
+    info = read_run_info(path)
+    return (path, info) if info is not None else (None, None)
+
+
 def open_run(path: str | Path) -> tuple[RunPaths, Config]:
     """Open an existing run folder and its saved config.
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tunesmith.config import ExportConfig
 from tunesmith.errors import RunError
 from tunesmith.use.export import export_run
 
@@ -53,17 +54,16 @@ def _greedy_tokens(model, tokenizer, prompts, max_new_tokens=8):
     return out
 
 
-def test_merged_export_answers_like_the_run(lora_run, tmp_path, monkeypatch):
+def test_merged_export_answers_like_the_run(lora_run, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith.use.generation import load_for_inference
 
-    monkeypatch.setenv("TUNESMITH_FORCE_FP32", "1")
-    result = export_run(str(lora_run), str(tmp_path / "out"), merge=True)
+    result = export_run(str(lora_run), str(tmp_path / "out"), ExportConfig(merge=True))
     assert result.merged and not (result.out / "adapter_config.json").exists()
 
-    generator = load_for_inference(str(lora_run))
+    generator = load_for_inference(str(lora_run), precision="fp32")
     rendered = [generator.render(p) for p in PROMPTS]
     run_tokens = _greedy_tokens(generator.model, generator.tokenizer, rendered)
 
@@ -71,13 +71,13 @@ def test_merged_export_answers_like_the_run(lora_run, tmp_path, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(result.out)
     assert _greedy_tokens(exported, tokenizer, rendered) == run_tokens
 
-    base = load_for_inference(str(lora_run), which="base")
+    base = load_for_inference(str(lora_run), which="base", precision="fp32")
     assert _greedy_tokens(base.model, base.tokenizer, rendered) != run_tokens  # the adapter matters
 
     info = json.loads((result.out / "tunesmith.json").read_text())
     assert info["method"] == "full" and info["merged_from"] == "lora"
     assert info["template"]["system_prompt"] == "Be brief."
-    assert load_for_inference(str(result.out)).render("hi") == generator.render("hi")
+    assert load_for_inference(str(result.out), precision="fp32").render("hi") == generator.render("hi")
 
 
 def test_merged_weights_match_the_adapter_model(lora_run, tmp_path):
@@ -85,7 +85,7 @@ def test_merged_weights_match_the_adapter_model(lora_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    result = export_run(str(lora_run), str(tmp_path / "out"), merge=True)
+    result = export_run(str(lora_run), str(tmp_path / "out"), ExportConfig(merge=True))
     base = AutoModelForCausalLM.from_pretrained(json.loads((lora_run / "model" / "tunesmith.json").read_text())[
         "base_model"], dtype=torch.float32)
     adapted = PeftModel.from_pretrained(base, str(lora_run / "model")).eval()
@@ -104,7 +104,7 @@ def test_adapter_export_without_merge(lora_run, tmp_path):
 def test_bf16_export_stores_bf16(lora_run, tmp_path):
     from safetensors import safe_open
 
-    result = export_run(str(lora_run), str(tmp_path / "out"), merge=True, dtype="bf16")
+    result = export_run(str(lora_run), str(tmp_path / "out"), ExportConfig(merge=True, dtype="bf16"))
     with safe_open(result.out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
 
@@ -114,15 +114,15 @@ def test_refuses_to_overwrite_other_folders(lora_run, tmp_path):
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     with pytest.raises(RunError, match="not an earlier export"):
-        export_run(str(lora_run), str(other), merge=True)
+        export_run(str(lora_run), str(other), ExportConfig(merge=True))
     assert (other / "notes.txt").read_text() == "keep me"
     with pytest.raises(RunError, match="outside the run"):
-        export_run(str(lora_run), str(lora_run / "exported"), merge=True)
+        export_run(str(lora_run), str(lora_run / "exported"), ExportConfig(merge=True))
 
 
 def test_reexport_replaces_an_earlier_export(lora_run, tmp_path):
     export_run(str(lora_run), str(tmp_path / "out"))
-    result = export_run(str(lora_run), str(tmp_path / "out"), merge=True)
+    result = export_run(str(lora_run), str(tmp_path / "out"), ExportConfig(merge=True))
     assert not (result.out / "adapter_config.json").exists()
 
 
@@ -136,7 +136,7 @@ class TestGGUF:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        result = export_run(str(lora_run), str(tmp_path / "out"), merge=True, gguf=True)
+        result = export_run(str(lora_run), str(tmp_path / "out"), ExportConfig(merge=True, gguf=True))
         assert result.gguf is not None and result.gguf.is_file()
         exported = AutoModelForCausalLM.from_pretrained(result.out, dtype=torch.float32).eval()
         # transformers undoes llama.cpp's q/k layout on load, so equal logits prove the layout was written right
@@ -153,7 +153,7 @@ class TestGGUF:
 
     def test_gguf_of_an_unmerged_adapter_is_refused(self, lora_run, tmp_path):
         with pytest.raises(RunError, match="--merge"):
-            export_run(str(lora_run), str(tmp_path / "out"), gguf=True)
+            export_run(str(lora_run), str(tmp_path / "out"), ExportConfig(gguf=True))
 
     def test_other_architectures_get_a_clear_error(self, tokenizer, tmp_path):
         from types import SimpleNamespace
@@ -173,7 +173,7 @@ def test_bf16_inference_of_run_and_export_agree(lora_run, tmp_path):
 
     from tunesmith.use.generation import load_for_inference
 
-    result = export_run(str(lora_run), str(tmp_path / "out"), merge=True)
+    result = export_run(str(lora_run), str(tmp_path / "out"), ExportConfig(merge=True))
     run = load_for_inference(str(lora_run), precision="bf16")
     exported = load_for_inference(str(result.out), precision="bf16")
     for (name, a), (_, b) in zip(run.model.state_dict().items(), exported.model.state_dict().items()):

@@ -6,11 +6,20 @@ import json
 
 import pytest
 
-from tunesmith.data.records import Message, Record
+from tunesmith.config import DecodingConfig
 from tunesmith.errors import RunError
-from tunesmith.use.generation import (Generation, GenerationOptions, StopScanner, _encode, _finish, as_prompt_record,
-                                end_token_ids, first_stop, generate_batch, load_for_inference, locate_model,
-                                stream_generate)
+from tunesmith.use.generation import (
+    Generation,
+    GenerationOptions,
+    StopScanner,
+    _encode,
+    _finish,
+    end_token_ids,
+    first_stop,
+    generate_batch,
+    load_for_inference,
+    stream_generate,
+)
 
 PROMPTS = [
     "Explain, in a few sentences, why the sky looks blue during the day and red at sunset.",
@@ -59,7 +68,7 @@ class TestGenerateBatch:
         assert cut.num_tokens <= full.num_tokens
 
     def test_empty_batch(self, model, tokenizer):
-        assert generate_batch(model, tokenizer, [], GenerationOptions()) == []
+        assert generate_batch(model, tokenizer, [], GenerationOptions(max_new_tokens=4)) == []
 
     def test_sampling_with_a_seed_repeats(self, model, tokenizer):
         options = GenerationOptions(max_new_tokens=8, do_sample=True, temperature=1.5, seed=3)
@@ -122,125 +131,13 @@ def test_first_stop_finds_the_earliest():
     assert first_stop("abc", ["x", ""]) is None
 
 
-class TestPromptRecord:
-    def test_bare_prompt_becomes_a_user_turn(self):
-        record = as_prompt_record("Hi")
-        assert record.messages == (Message("user", "Hi"), Message("assistant", ""))
-
-    def test_dict_messages(self):
-        record = as_prompt_record([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
-        assert [m.role for m in record.messages] == ["system", "user", "assistant"]
-
-    def test_record_passes_through(self):
-        record = Record("f", 1, "qa", prompt="Q?")
-        assert as_prompt_record(record) is record
-
-    def test_conversation_must_end_with_the_user(self):
-        with pytest.raises(ValueError, match="last message"):
-            as_prompt_record([{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}])
-
-
-class TestLocate:
-    def test_plain_model_folder_has_no_run_info(self, tiny_model_dir):
-        assert locate_model(str(tiny_model_dir)) == (None, None)
-
-    def test_run_without_model_is_a_clear_error(self, tmp_path):
-        (tmp_path / "config.yaml").write_text("{}\n")
-        with pytest.raises(RunError, match="no trained model"):
-            locate_model(str(tmp_path))
-
-    def test_run_folder_points_at_its_model(self, tmp_path):
-        (tmp_path / "config.yaml").write_text("{}\n")
-        (tmp_path / "model").mkdir()
-        (tmp_path / "model" / "tunesmith.json").write_text(json.dumps({"base_model": "b", "method": "lora"}))
-        assert locate_model(str(tmp_path)) == (tmp_path / "model", {"base_model": "b", "method": "lora"})
-
-
 def test_load_plain_model_uses_auto_template(tiny_model_dir):
     generator = load_for_inference(str(tiny_model_dir), precision="fp32")
     assert generator.template.name == "auto"
     prompt = generator.render("Hi")
     assert "Hi" in prompt
-    [g] = generator.generate([prompt], GenerationOptions(max_new_tokens=3))
+    [g] = generator.generate([prompt], GenerationOptions(max_new_tokens=3), batch_size=1)
     assert g.num_tokens <= 3
-
-
-class FakeGenerator:
-    """Counts one token per word, answers "ok", so the context arithmetic of a chat is easy to follow."""
-
-    context_length = 20
-
-    def render(self, messages):
-        return " ".join(m.content for m in messages)
-
-    def count_tokens(self, prompt):
-        return len(prompt.split())
-
-    def stream(self, prompt, options):
-        import contextlib
-
-        self.last_prompt = prompt
-        return contextlib.nullcontext(iter(["o", "k"]))
-
-
-class TestChatSession:
-    def test_answers_join_the_conversation(self):
-        from tunesmith.use.generation import ChatSession
-
-        session = ChatSession(FakeGenerator(), GenerationOptions(max_new_tokens=5))
-        assert "".join(session.ask("one two")) == "ok"
-        assert session.messages == [Message("user", "one two"), Message("assistant", "ok")]
-
-    def test_oldest_exchanges_are_dropped_to_fit(self):
-        from tunesmith.use.generation import ChatSession
-
-        generator = FakeGenerator()
-        session = ChatSession(generator, GenerationOptions(max_new_tokens=5), system="sys")
-        for turn in ("a b c d e", "f g h i j", "k l m n o"):
-            list(session.ask(turn))
-        # budget 15 words: sys (1) + the latest exchange "f g h i j ok" (6) + "k l m n o" (5); "a b c d e ok" went
-        assert generator.last_prompt == "sys f g h i j ok k l m n o"
-        assert session.messages[0] == Message("user", "f g h i j")
-
-    def test_a_message_too_long_for_the_context_is_an_error(self):
-        from tunesmith.errors import GenerationError
-        from tunesmith.use.generation import ChatSession
-
-        session = ChatSession(FakeGenerator(), GenerationOptions(max_new_tokens=5))
-        with pytest.raises(GenerationError, match="too long"):
-            list(session.ask("w " * 30))
-        assert session.messages == []
-
-    def test_reset_forgets(self):
-        from tunesmith.use.generation import ChatSession
-
-        session = ChatSession(FakeGenerator(), GenerationOptions(max_new_tokens=5))
-        list(session.ask("hi"))
-        session.reset()
-        assert session.messages == []
-
-
-class TestPromptFiles:
-    def test_reads_prompt_shapes(self, tmp_path):
-        from tunesmith.use.generation import read_prompts
-
-        path = tmp_path / "p.jsonl"
-        path.write_text('{"prompt": "A?"}\n\n{"instruction": "Add", "input": "2+2"}\n'
-                        '{"messages": [{"role": "user", "content": "Hi"}]}\n')
-        rows = read_prompts(path)
-        assert [r.prompt for _, r in rows[:2]] == ["A?", "Add"] and rows[1][1].input == "2+2"
-        assert rows[2][1].messages[-1] == Message("assistant", "")
-        assert [r.line for _, r in rows] == [1, 3, 4]
-
-    def test_every_bad_line_is_named(self, tmp_path):
-        from tunesmith.errors import DataError
-        from tunesmith.use.generation import read_prompts
-
-        path = tmp_path / "p.jsonl"
-        path.write_text('{"prompt": 3}\n{oops\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
-        with pytest.raises(DataError) as info:
-            read_prompts(path)
-        assert [(p.line, p.field) for p in info.value.problems] == [(1, "prompt"), (2, None), (3, "messages")]
 
 
 @pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=0), dict(top_p=1.5), dict(stop="###")])
@@ -248,7 +145,17 @@ def test_invalid_options_are_refused(bad):
     from tunesmith.errors import GenerationError
 
     with pytest.raises(GenerationError, match=next(iter(bad))):
-        GenerationOptions(**bad)
+        GenerationOptions(**{"max_new_tokens": 4, **bad})
+
+
+class TestFromConfig:
+    def test_zero_temperature_is_greedy(self):
+        options = GenerationOptions.from_config(DecodingConfig(max_new_tokens=7, stop=["###"]))
+        assert options == GenerationOptions(max_new_tokens=7, do_sample=False, stop=("###",))
+
+    def test_a_temperature_samples(self):
+        options = GenerationOptions.from_config(DecodingConfig(temperature=0.7, top_p=0.9, seed=3))
+        assert (options.do_sample, options.temperature, options.top_p, options.seed) == (True, 0.7, 0.9, 3)
 
 
 def test_broken_run_info_is_a_run_error(tmp_path):

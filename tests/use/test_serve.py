@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import json
 import os
@@ -31,15 +30,16 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(varied_model_dir, tmp_path_factory):
-    """A served tiny model: (base_url, process); the process is stopped after the module."""
+    """A served tiny model: (base_url, process, log file); the process is stopped after the module."""
     port = free_port()
     home = tmp_path_factory.mktemp("serve-home")
     log = open(home / "server.log", "w")
-    env = {**os.environ, "TUNESMITH_HOME": str(home), "TUNESMITH_FORCE_FP32": "1"}  # compared with fp32 here
+    env = {**os.environ, "TUNESMITH_HOME": str(home)}
     env.pop("TUNESMITH_API_KEY", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "tunesmith", "serve", str(varied_model_dir), "--port", str(port),
-         "--api-key", API_KEY, "--max-tokens", "256"], stdout=log, stderr=subprocess.STDOUT, env=env)
+         "--api-key", API_KEY, "--max-tokens", "256", "--precision", "fp32"],  # compared with fp32 here
+        stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -54,7 +54,7 @@ def server(varied_model_dir, tmp_path_factory):
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start in time")
             time.sleep(0.3)
-        yield f"{base}/v1", process
+        yield f"{base}/v1", process, home / "server.log"
     finally:
         process.terminate()
         try:
@@ -75,6 +75,19 @@ def local(varied_model_dir):
     from tunesmith.use.generation import load_for_inference
 
     return load_for_inference(str(varied_model_dir), precision="fp32")
+
+
+@pytest.mark.parametrize("host, key, is_open", [("127.0.0.1", None, False), ("localhost", None, False),
+                                               ("::1", None, False), ("0.0.0.0", None, True), ("0.0.0.0", "k", False)])
+def test_only_a_network_address_without_a_key_is_open(host, key, is_open):
+    from tunesmith.use.serve import Server
+
+    assert Server(app=None, name="m", host=host, port=8000, api_key=key).is_open is is_open
+
+
+def test_the_command_says_where_it_serves(server, varied_model_dir):
+    url, _, log = server
+    assert f"serving {varied_model_dir} at {url} (OpenAI-compatible" in log.read_text()
 
 
 def test_models_lists_the_served_model(client, varied_model_dir):
@@ -229,7 +242,7 @@ def _rss_bytes(pid: int) -> int:
 
 @pytest.mark.slow
 def test_load_500_requests_50_concurrent(server):
-    url, process = server
+    url, process, _ = server
 
     def ask(i):
         body = {"model": "m", "messages": [{"role": "user", "content": f"question {i % 37}"}], "max_tokens": 8,
@@ -252,52 +265,6 @@ def test_load_500_requests_50_concurrent(server):
     assert after - before < 64 * 2**20, f"RSS grew {(after - before) / 2**20:.1f} MiB over 500 requests"
 
 
-class TestBatchWorker:
-    """The worker batches waiting requests with equal options and never runs two generations at once."""
-
-    def test_waiting_requests_share_a_batch(self, monkeypatch):
-        from tunesmith.use import generation as generate
-        from tunesmith.use.serve import BatchWorker, Job
-
-        calls = []
-
-        def fake_generate_batch(model, tokenizer, prompts, options):
-            calls.append((len(prompts), options.max_new_tokens))
-            return [Generation(p.upper(), 1, 1, "stop") for p in prompts]
-
-        monkeypatch.setattr(generate, "generate_batch", fake_generate_batch)
-
-        async def scenario():
-            loop = asyncio.get_running_loop()
-            worker = BatchWorker(generator=type("G", (), {"model": None, "tokenizer": None})(), batch_size=4,
-                                 max_queue=100)
-            jobs = [Job([f"p{i}"], GenerationOptions(max_new_tokens=5 if i < 6 else 9), False, loop,
-                        future=loop.create_future()) for i in range(8)]
-            for job in jobs:
-                worker.submit(job)
-            worker.start()
-            results = [await job.future for job in jobs]
-            worker.stop()
-            return results
-
-        results = asyncio.run(scenario())
-        assert [r[0].text for r in results] == [f"P{i}" for i in range(8)]
-        assert calls == [(4, 5), (2, 5), (2, 9)]
-
-    def test_full_queue_is_refused_with_429(self):
-        from tunesmith.use.serve import APIError, BatchWorker, Job
-
-        worker = BatchWorker(generator=None, batch_size=1, max_queue=1)
-        loop = asyncio.new_event_loop()
-        try:
-            worker.submit(Job(["a"], GenerationOptions(), False, loop))
-            with pytest.raises(APIError) as info:
-                worker.submit(Job(["b"], GenerationOptions(), False, loop))
-            assert info.value.status_code == 429
-        finally:
-            loop.close()
-
-
 class FakeGenerator:
     """Stands in for a model in-process: renders by joining, one token per word."""
 
@@ -306,7 +273,7 @@ class FakeGenerator:
     model = tokenizer = None
 
     def render(self, messages):
-        from tunesmith.use.generation import as_prompt_record
+        from tunesmith.data.prompts import as_prompt_record
 
         return " ".join(m.content for m in as_prompt_record(messages).messages)
 

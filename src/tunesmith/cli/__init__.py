@@ -43,6 +43,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_required: bool 
                         help="override a config value, e.g. --set training.learning_rate=2e-5 (repeatable)")
 
 
+def field_help(section, key: str, show_default: bool = True) -> str:
+    """A flag's help from the config schema: the field's docstring and its default, so both live only in config.py.
+
+    >>> field_help(GenerateConfig, "batch_size")  # doctest: +SKIP
+    'prompts generated together (default: 8)'
+    """
+    info = section.model_fields[key]
+    text = (info.description or "").rstrip(".")
+    if text[1:2].islower():  # "Longest answer" -> "longest answer", but "TCP port" stays
+        text = text[0].lower() + text[1:]
+    if show_default and info.default is not None:
+        text += f" (default: {info.default})"
+    return text.replace("%", "%%")  # argparse %-formats help texts
+
+
 def quiet_libraries() -> None:
     """Keep the terminal for tunesmith's own progress bars and results: library chatter only on errors."""
     import warnings

@@ -6,6 +6,8 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from tunesmith.config import OutputConfig
+
     evaluate = subparsers.add_parser(
         "eval", help="test loss, generation metrics and error shares of a run (base vs finetuned) or a model",
         description="Evaluates on the run's test split (or --data FILE), or scores a multiple-choice file (--mc) "
@@ -29,7 +31,9 @@ def register(subparsers) -> None:
     runs = subparsers.add_parser("runs", help="list runs or compare them side by side")
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     listing = runs_sub.add_parser("list", help="one line per run under the runs folder")
-    listing.add_argument("--runs-dir", default="runs", metavar="DIR", help="folder holding the runs (default: runs)")
+    runs_dir = OutputConfig.model_fields["runs_dir"].default
+    listing.add_argument("--runs-dir", default=runs_dir, metavar="DIR",
+                         help=f"folder holding the runs (default: {runs_dir})")
     listing.set_defaults(handler=_list)
     compare = runs_sub.add_parser("compare", help="the given runs side by side")
     compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
@@ -48,7 +52,8 @@ def _positive(text: str) -> int:
 
 def format_metrics(result: dict) -> str:
     """The eval result as a small table: one column per model, one row per measurement."""
-    from tunesmith.report.html import METRIC_SHORT, fmt, format_table, ordered_models
+    from tunesmith.report.results import METRIC_SHORT, fmt, ordered_models
+    from tunesmith.report.runs_table import format_table
 
     models = result.get("models") or {}
     labels = ordered_models(models)
@@ -84,7 +89,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _print_table(header: list[str], rows: list[list[str]], empty: str) -> None:
-    from tunesmith.report.html import format_table
+    from tunesmith.report.runs_table import format_table
 
     print(format_table(header, rows) if rows else empty)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from tunesmith.cli import field_help
+
 if TYPE_CHECKING:  # config (pydantic) is imported only when a generator runs, so `tunesmith --help` stays fast
     from tunesmith.config import Section
 
@@ -27,9 +29,7 @@ def run(target: str, argv: list[str]) -> int:
 
 
 def _help(section: type[Section], key: str) -> str:
-    """A flag's help: the config field's docstring and its default, so both live only in config.py."""
-    info = section.model_fields[key]
-    return info.description if info.default is None else f"{info.description.rstrip('.')} (default: {info.default})"
+    return field_help(section, key)
 
 
 def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:

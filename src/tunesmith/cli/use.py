@@ -3,6 +3,9 @@
 `generate` is shared: `tunesmith generate RUN|MODEL ...` answers prompts, while `tunesmith generate
 self-instruct ...` and `tunesmith generate from-docs ...` make training data with a teacher model
 (`tunesmith.cli.generate_data`). Its first word decides which, so it takes the rest of the line unparsed.
+
+Every default and most help texts come from the config schema (`GenerateConfig`, `ChatConfig`, `ServeConfig`,
+`ExportConfig`), so they are written down once.
 """
 
 from __future__ import annotations
@@ -11,8 +14,17 @@ import argparse
 import json
 import os
 import sys
+import typing
 
+from tunesmith.cli import field_help
 from tunesmith.cli.generate_data import TARGETS as DATA_GENERATORS
+
+DECODING_FLAGS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "precision")
+"""Fields of `DecodingConfig` that have a flag of the same name (`--max-new-tokens`...)."""
+
+
+def _choices(section, name: str) -> tuple[str, ...]:
+    return typing.get_args(section.model_fields[name].annotation)
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
@@ -22,18 +34,27 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
                         help="use the run's base model (same template) instead of the finetuned one")
 
 
-def _add_decoding(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
-                        help=f"longest answer in tokens (default {max_new_tokens})")
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="0 (default) decodes greedily; above 0 samples at that temperature")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when sampling (default 1.0)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for sampling, for repeatable samples")
-    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                        help="stop the answer before this text (repeatable)")
+def _add_precision(parser: argparse.ArgumentParser, section) -> None:
+    parser.add_argument("--precision", choices=_choices(section, "precision"),
+                        default=section.model_fields["precision"].default, help=field_help(section, "precision"))
+
+
+def _add_decoding(parser: argparse.ArgumentParser, section) -> None:
+    fields = section.model_fields
+    parser.add_argument("--max-new-tokens", type=int, default=fields["max_new_tokens"].default, metavar="N",
+                        help=field_help(section, "max_new_tokens"))
+    parser.add_argument("--temperature", type=float, default=fields["temperature"].default,
+                        help=field_help(section, "temperature"))
+    parser.add_argument("--top-p", type=float, default=fields["top_p"].default, help=field_help(section, "top_p"))
+    parser.add_argument("--seed", type=int, default=fields["seed"].default, help=field_help(section, "seed"))
+    parser.add_argument("--stop", action="append", default=list(fields["stop"].default), metavar="TEXT",
+                        help=field_help(section, "stop", show_default=False) + " (repeatable)")
+    _add_precision(parser, section)
 
 
 def _answer_parser() -> argparse.ArgumentParser:
+    from tunesmith.config import GenerateConfig
+
     parser = argparse.ArgumentParser(
         prog="tunesmith generate", description="Answer prompts with a run's model, using the template it was "
         "trained with. Prompts come from --prompt or a JSONL file (--input) whose lines hold prompt (or "
@@ -43,12 +64,13 @@ def _answer_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", metavar="FILE", help="JSONL file of prompts, answered in batches")
     parser.add_argument("--output", metavar="FILE",
                         help="write JSONL results here (input fields + output, finish_reason, token counts)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
-    _add_decoding(parser, max_new_tokens=128)
+    parser.add_argument("--batch-size", type=int, default=GenerateConfig.model_fields["batch_size"].default,
+                        help=field_help(GenerateConfig, "batch_size"))
+    _add_decoding(parser, GenerateConfig)
     return parser
 
 
-def register(subparsers) -> None:
+def _register_generate(subparsers) -> None:
     generate = subparsers.add_parser(
         "generate", help="answer prompts with a run or model (or: generate self-instruct|from-docs for data)",
         formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False,
@@ -63,53 +85,72 @@ def register(subparsers) -> None:
     generate.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     generate.set_defaults(handler=_generate)
 
-    chat = subparsers.add_parser(
-        "chat", help="chat with a run or model in the terminal (streams; /reset, /system TEXT, /exit)")
-    _add_target(chat)
-    chat.add_argument("--system", help="system prompt for the conversation (/system changes it)")
-    _add_decoding(chat, max_new_tokens=256)
-    chat.set_defaults(handler=_chat)
 
-    # defaults come from config.ServeConfig in the handler: importing pydantic here would slow every `--help`
+def _register_serve(subparsers) -> None:
+    from tunesmith.config import ServeConfig
+
+    fields = ServeConfig.model_fields
     serve = subparsers.add_parser(
         "serve", help="serve a run or model over an OpenAI-compatible HTTP API",
         description="OpenAI-compatible /v1/models, /v1/chat/completions and /v1/completions (streaming too). "
                     "Point any OpenAI client at http://HOST:PORT/v1.")
     _add_target(serve)
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--host", default=fields["host"].default, help=field_help(ServeConfig, "host"))
+    serve.add_argument("--port", type=int, default=fields["port"].default, help=field_help(ServeConfig, "port"))
     serve.add_argument("--api-key", default=os.environ.get("TUNESMITH_API_KEY"),
                        help="require `Authorization: Bearer KEY` (default: $TUNESMITH_API_KEY; none = open)")
-    serve.add_argument("--batch-size", type=int, help="requests answered together (default 8)")
-    serve.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for (default 1024)")
+    serve.add_argument("--batch-size", type=int, default=fields["batch_size"].default,
+                       help=field_help(ServeConfig, "batch_size"))
+    serve.add_argument("--max-tokens", type=int, default=fields["max_tokens"].default,
+                       help=field_help(ServeConfig, "max_tokens"))
+    _add_precision(serve, ServeConfig)
     serve.set_defaults(handler=_serve)
 
+
+def _register_export(subparsers) -> None:
+    from tunesmith.config import ExportConfig
+
+    fields = ExportConfig.model_fields
     export = subparsers.add_parser(
         "export", help="export a run's model as a plain Hugging Face folder (optionally merged, or GGUF)")
     export.add_argument("run", metavar="RUN", help="run folder with a trained model")
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write (replaced if it exists)")
-    export.add_argument("--merge", action="store_true",
-                        help="merge LoRA adapters into the base weights (a standalone model)")
-    export.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32", help="weight precision (default fp32)")
-    export.add_argument("--gguf", action="store_true", help="also write a GGUF file for llama.cpp (llama models)")
+    export.add_argument("--merge", action="store_true", default=fields["merge"].default,
+                        help=field_help(ExportConfig, "merge", show_default=False))
+    export.add_argument("--dtype", choices=_choices(ExportConfig, "dtype"), default=fields["dtype"].default,
+                        help=field_help(ExportConfig, "dtype"))
+    export.add_argument("--gguf", action="store_true", default=fields["gguf"].default,
+                        help=field_help(ExportConfig, "gguf", show_default=False))
     export.set_defaults(handler=_export)
 
 
-def _options(args: argparse.Namespace):
-    """Decoding flags as GenerationOptions (`--temperature 0` means greedy).
+def register(subparsers) -> None:
+    from tunesmith.config import ChatConfig
+
+    _register_generate(subparsers)
+    chat = subparsers.add_parser(
+        "chat", help="chat with a run or model in the terminal (streams; /reset, /system TEXT, /exit)")
+    _add_target(chat)
+    chat.add_argument("--system", help="system prompt for the conversation (/system changes it)")
+    _add_decoding(chat, ChatConfig)
+    chat.set_defaults(handler=_chat)
+    _register_serve(subparsers)
+    _register_export(subparsers)
+
+
+def _section(section, args: argparse.Namespace, names) -> object:
+    """The flags as a validated config section.
 
     Raises:
-        GenerationError: a flag out of range, naming it.
+        ConfigError: a flag out of range, naming it.
     """
-    from tunesmith.errors import GenerationError
-    from tunesmith.use.generation import GenerationOptions
+    from tunesmith.config import validate_section
 
-    if args.temperature < 0:
-        raise GenerationError(f"--temperature {args.temperature}: must be 0 (greedy) or more")
-    sample = args.temperature > 0
-    return GenerationOptions(max_new_tokens=args.max_new_tokens, do_sample=sample,
-                             temperature=args.temperature if sample else 1.0, top_p=args.top_p, seed=args.seed,
-                             stop=tuple(args.stop))
+    return validate_section(section, {name: getattr(args, name) for name in names}, "flags")
+
+
+def _which(args: argparse.Namespace) -> str:
+    return "base" if args.base else "finetuned"
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -118,16 +159,15 @@ def _generate(args: argparse.Namespace) -> int:
 
         return generate_data.run(args.target, args.rest)
     from tunesmith import api
+    from tunesmith.config import GenerateConfig
 
     parser = _answer_parser()
     answer = parser.parse_args([args.target, *args.rest])
     if not answer.prompt and not answer.input:
         parser.error("give --prompt TEXT or --input FILE")
-    if answer.batch_size < 1:
-        parser.error(f"--batch-size {answer.batch_size}: must be at least 1")
+    settings = _section(GenerateConfig, answer, DECODING_FLAGS + ("batch_size",))
     results = api.generate_answers(answer.target, prompts=answer.prompt, input_path=answer.input,
-                                   output_path=answer.output, options=_options(answer),
-                                   which="base" if answer.base else "finetuned", batch_size=answer.batch_size)
+                                   output_path=answer.output, settings=settings, which=_which(answer))
     if answer.output:
         print(f"wrote {len(results)} answers to {answer.output}", file=sys.stderr)
     elif len(results) == 1:
@@ -140,25 +180,33 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     from tunesmith import api
+    from tunesmith.cli.chat import chat_loop
+    from tunesmith.config import ChatConfig
 
-    api.chat(args.target, options=_options(args), system=args.system, which="base" if args.base else "finetuned")
+    settings = _section(ChatConfig, args, DECODING_FLAGS)
+    chat_loop(api.open_chat(args.target, settings=settings, system=args.system, which=_which(args)))
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     from tunesmith import api
-    from tunesmith.config import ServeConfig, validate_section
+    from tunesmith.config import ServeConfig
 
-    given = {"host": args.host, "port": args.port, "batch_size": args.batch_size, "max_tokens": args.max_tokens}
-    limits = validate_section(ServeConfig, {k: v for k, v in given.items() if v is not None}, "serve")
-    api.serve(args.target, limits=limits, api_key=args.api_key or None, which="base" if args.base else "finetuned")
+    limits = _section(ServeConfig, args, ("host", "port", "batch_size", "max_tokens", "precision"))
+    server = api.open_server(args.target, limits=limits, api_key=args.api_key or None, which=_which(args))
+    if server.is_open:
+        print(f"warning: listening on {server.host} without --api-key: anyone who can reach this port can use the "
+              f"model", file=sys.stderr, flush=True)
+    print(f"serving {server.name} at {server.url} (OpenAI-compatible; Ctrl-C stops)", flush=True)
+    server.run()
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from tunesmith import api
+    from tunesmith.config import ExportConfig
 
-    result = api.export(args.run, args.out, merge=args.merge, dtype=args.dtype, gguf=args.gguf)
+    result = api.export(args.run, args.out, settings=_section(ExportConfig, args, ("merge", "dtype", "gguf")))
     print(f"exported to {result.out}")
     if result.gguf is not None:
         print(f"gguf file:  {result.gguf}")

@@ -2,7 +2,7 @@
 
 The exported folder holds the weights (safetensors), the tokenizer and `tunesmith.json`, so
 `AutoModelForCausalLM.from_pretrained(out)` loads it anywhere and `tunesmith chat/serve out` still uses the
-template the run was trained with. Merging goes through the same `load_model_for` that generation uses, so the
+template the run was trained with. Merging goes through the same `models.load_model_for` that generation uses, so the
 exported model answers exactly as the run does.
 """
 
@@ -12,12 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import ModelConfig
+from tunesmith.config import ExportConfig, ModelConfig
 from tunesmith.errors import ModelError, RunError
-from tunesmith.use.generation import RUN_INFO_FILE, load_model_for, locate_model, read_run_info
-from tunesmith.runs import atomic_dir, atomic_write_json
-
-DTYPES = ("bf16", "fp32")
+from tunesmith.runs import RUN_INFO_FILE, atomic_dir, atomic_write_json, locate_model, read_run_info
 
 
 @dataclass(frozen=True)
@@ -42,8 +39,8 @@ def _check_out(out: Path, run: Path) -> None:
             raise RunError(f"--out {out}: exists and is not an earlier export; choose a new folder or delete it")
 
 
-def export_run(run: str, out: str, merge: bool = False, dtype: str = "fp32", gguf: bool = False) -> ExportResult:
-    """Write the run's model to `out` as a Hugging Face folder (and a GGUF file beside it with `gguf`).
+def export_run(run: str, out: str, settings: ExportConfig | None = None) -> ExportResult:
+    """Write the run's model to `out` as a Hugging Face folder (and a GGUF file beside it with `settings.gguf`).
 
     A LoRA run without `merge` exports only its adapter (it needs the base model to load); with `merge` the
     adapter is folded into the base weights and the folder stands alone.
@@ -55,10 +52,10 @@ def export_run(run: str, out: str, merge: bool = False, dtype: str = "fp32", ggu
     """
     import torch
 
-    from tunesmith.use.generation import load_tokenizer_for
+    from tunesmith.models import load_model_for, load_tokenizer_for
 
-    if dtype not in DTYPES:
-        raise RunError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    settings = settings or ExportConfig()
+    merge, dtype, gguf = settings.merge, settings.dtype, settings.gguf
     model_dir, info = locate_model(run)
     if info is None:
         raise RunError(f"{run}: not a run folder with a trained model (no {RUN_INFO_FILE}); "
@@ -156,32 +153,28 @@ def _llama_qk_permute(weight, n_head: int):
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def write_gguf(model, tokenizer, tokenizer_dir: Path, path: Path, dtype: str) -> Path:
-    """Write a llama-architecture model and its byte-level BPE tokenizer as one GGUF file (f32 or bf16 weights).
-
-    Norms stay f32 as llama.cpp expects; q/k projections are permuted into llama.cpp's RoPE layout.
+def _llama_shape(config) -> tuple[float, int, int, int]:
+    """(rope theta, heads, key/value heads, head size) of a llama config.
 
     Raises:
-        ModelError: another architecture, rope scaling, or a tokenizer the writer cannot describe.
+        ModelError: another architecture or rope scaling, which the writer does not describe.
     """
-    import gguf
-    import numpy as np
-    import torch
-
-    config = model.config
     if config.model_type != "llama":
         raise _gguf_unsupported(f"architecture {config.model_type!r} (only llama is written)")
     rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     if rope.get("rope_type", "default") != "default":
         raise _gguf_unsupported(f"rope scaling {rope.get('rope_type')!r}")
     theta = rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0
-    pre = _pre_tokenizer_name(tokenizer)
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
-    bf16 = dtype == "bf16"
+    return float(theta), n_head, n_kv, head_dim
 
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name(path.stem)
+
+def _add_llama_metadata(writer, config, name: str, bf16: bool) -> None:
+    import gguf
+
+    theta, n_head, n_kv, head_dim = _llama_shape(config)
+    writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -191,18 +184,31 @@ def write_gguf(model, tokenizer, tokenizer_dir: Path, path: Path, dtype: str) ->
     writer.add_rope_dimension_count(head_dim)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(float(theta))
+    writer.add_rope_freq_base(theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if bf16 else gguf.LlamaFileType.ALL_F32)
 
-    tokens, types = _gguf_vocab(tokenizer, config.vocab_size)
+
+def _add_tokenizer(writer, tokenizer, tokenizer_dir: Path, vocab_size: int, pre: str) -> None:
+    import gguf
+
+    tokens, types = _gguf_vocab(tokenizer, vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     gguf.SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer)
 
+
+def _add_tensors(writer, model, bf16: bool) -> None:
+    """Every weight under its GGUF name (the tied head once); matrices in bf16 when asked, norms always f32."""
+    import gguf
+    import numpy as np
+    import torch
+
+    config = model.config
+    _, n_head, n_kv, _ = _llama_shape(config)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     tied = getattr(config, "tie_word_embeddings", False)
     for hf_name, tensor in model.state_dict().items():
@@ -222,6 +228,25 @@ def write_gguf(model, tokenizer, tokenizer_dir: Path, path: Path, dtype: str) ->
                               raw_dtype=gguf.GGMLQuantizationType.BF16)
         else:
             writer.add_tensor(name, array)
+
+
+def write_gguf(model, tokenizer, tokenizer_dir: Path, path: Path, dtype: str) -> Path:
+    """Write a llama-architecture model and its byte-level BPE tokenizer as one GGUF file (f32 or bf16 weights).
+
+    Norms stay f32 as llama.cpp expects; q/k projections are permuted into llama.cpp's RoPE layout.
+
+    Raises:
+        ModelError: another architecture, rope scaling, or a tokenizer the writer cannot describe.
+    """
+    import gguf
+
+    _llama_shape(model.config)  # refuse before anything is written
+    pre = _pre_tokenizer_name(tokenizer)
+    bf16 = dtype == "bf16"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    _add_llama_metadata(writer, model.config, path.stem, bf16)
+    _add_tokenizer(writer, tokenizer, tokenizer_dir, model.config.vocab_size, pre)
+    _add_tensors(writer, model, bf16)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -10,18 +10,17 @@ torch and transformers are imported inside functions: `GenerationOptions` is che
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 from pydantic import ValidationError
 
-from tunesmith.config import ModelConfig, TemplateConfig
+from tunesmith.config import DecodingConfig, ModelConfig, TemplateConfig
+from tunesmith.data.prompts import as_prompt_record
 from tunesmith.data.records import Message, Record
-from tunesmith.errors import DataError, DataProblem, GenerationError, ModelError, RunError
-from tunesmith.runs import RUN_INFO_FILE, is_run_folder
+from tunesmith.errors import GenerationError, ModelError, RunError
+from tunesmith.runs import RUN_INFO_FILE, locate_model
 
 if TYPE_CHECKING:
     import torch
@@ -29,9 +28,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """How to decode; the defaults are greedy so the same prompt always gives the same answer."""
+    """How to decode. Greedy unless `do_sample`, so the same prompt always gives the same answer; the answer
+    length has no default here because each use has its own (`DecodingConfig` and its sections, `EvalConfig`)."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -48,6 +48,14 @@ class GenerationOptions:
             problems.append(f"stop={self.stop!r}: give a tuple of strings")
         if problems:
             raise GenerationError("; ".join(problems))
+
+    @classmethod
+    def from_config(cls, decoding: DecodingConfig) -> GenerationOptions:
+        """The options a decoding section asks for: temperature 0 means greedy."""
+        sample = decoding.temperature > 0
+        return cls(max_new_tokens=decoding.max_new_tokens, do_sample=sample,
+                   temperature=decoding.temperature if sample else 1.0, top_p=decoding.top_p, seed=decoding.seed,
+                   stop=tuple(decoding.stop))
 
 
 @dataclass(frozen=True)
@@ -325,7 +333,7 @@ class Generator:
         """How many tokens a rendered prompt takes, counted as generation will feed it (0 for nothing)."""
         return int(_encode(self.tokenizer, [prompt], "cpu")[1].sum()) if prompt else 0
 
-    def generate(self, prompts: Sequence[str], options: GenerationOptions, batch_size: int = 8,
+    def generate(self, prompts: Sequence[str], options: GenerationOptions, batch_size: int,
                  progress: bool = False) -> list[Generation]:
         """Answer many rendered prompts, `batch_size` at a time, similar lengths together (less padding)."""
         from tqdm import tqdm
@@ -343,100 +351,6 @@ class Generator:
         return stream_generate(self.model, self.tokenizer, prompt, options)
 
 
-def as_prompt_record(item: Record | Sequence[Message | dict] | str) -> Record:
-    """Whatever the caller holds, as a record whose answer is still to be written.
-
-    >>> as_prompt_record("Hi").messages
-    (Message(role='user', content='Hi'), Message(role='assistant', content=''))
-    """
-    if isinstance(item, Record):
-        return item
-    if isinstance(item, str):
-        item = [Message("user", item)]
-    messages = tuple(m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in item)
-    if messages and messages[-1].role == "assistant":
-        raise ValueError("the conversation already ends with an answer; the last message must be the user's")
-    return Record("<prompt>", 1, "messages", messages=messages + (Message("assistant", ""),))
-
-
-def read_run_info(model_dir: Path) -> dict | None:
-    """The `tunesmith.json` next to a trained or exported model, or None for a plain model folder."""
-    path = model_dir / RUN_INFO_FILE
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: not valid JSON ({e}); it is written by `tunesmith train`") from None
-    if not isinstance(info, dict) or "base_model" not in info:
-        raise RunError(f"{path}: missing 'base_model'; it is written by `tunesmith train`")
-    return info
-
-
-def locate_model(run_or_model: str) -> tuple[Path | None, dict | None]:
-    """Where the weights are and what `tunesmith.json` says about them.
-
-    `runs/x` (a run folder) -> (`runs/x/model`, info); `runs/x/model` or an exported folder -> (itself, info);
-    anything else (alias, plain folder, hub name) -> (None, None).
-
-    Raises:
-        RunError: a run folder without a trained model.
-    """
-    path = Path(run_or_model).expanduser()
-    if not path.is_dir():
-        return None, None
-    if is_run_folder(path):
-        model_dir = path / "model"
-        info = read_run_info(model_dir)
-        if info is None:
-            raise RunError(f"{path}: this run has no trained model yet ({model_dir / RUN_INFO_FILE} is missing); "
-                           f"run `tunesmith train` first")
-        return model_dir, info
-    info = read_run_info(path)
-    return (path, info) if info is not None else (None, None)
-
-
-def _torch_dtype(precision: str, device):
-    import torch
-
-    from tunesmith.models import resolve_precision
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        resolve_precision(precision, device)]
-
-
-def load_model_for(model_dir: Path | None, info: dict | None, which: str, model_config: ModelConfig,
-                   dtype, device):
-    """The weights to run: a full model as saved, LoRA adapters merged into their base, or the base itself."""
-    from tunesmith.models import load_model
-
-    if info is None or which == "base":
-        return load_model(model_config, dtype=dtype, device=device)
-    if not (model_dir / "adapter_config.json").is_file():
-        return load_model(model_config.model_copy(update={"name": str(model_dir)}), dtype=dtype, device=device)
-    import torch
-    from peft import PeftModel
-
-    # Merged in fp32 and then cast: the weights are exactly what `tunesmith export --merge` writes (and they run
-    # faster than base + adapter).
-    base = load_model(model_config, dtype=torch.float32)
-    return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload().to(device=device, dtype=dtype)
-
-
-def load_tokenizer_for(model_dir: Path | None, model_config: ModelConfig):
-    """The tokenizer saved with the run (the one training used), else the base model's."""
-    from tunesmith.models import load_tokenizer
-
-    if model_dir is None or not (model_dir / "tokenizer_config.json").is_file():
-        return load_tokenizer(model_config)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=model_config.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def load_for_inference(run_or_model: str, which: Literal["finetuned", "base"] = "finetuned",
                        precision: str = "auto", device=None) -> Generator:
     """Load a run's model (or its base) with the template it was trained with, or any model with `auto`.
@@ -445,13 +359,13 @@ def load_for_inference(run_or_model: str, which: Literal["finetuned", "base"] = 
         RunError: a run folder without a trained model, or a broken `tunesmith.json`.
         ModelError: the model cannot be loaded; `which` is not finetuned/base.
     """
-    from tunesmith.models import default_device
+    from tunesmith.models import default_device, load_model_for, load_tokenizer_for, torch_dtype
 
     if which not in ("finetuned", "base"):
         raise ModelError(f"which={which!r}: choose 'finetuned' or 'base'")
     model_dir, info = locate_model(run_or_model)
     device = device or default_device()
-    dtype = _torch_dtype(precision, device)
+    dtype = torch_dtype(precision, device)
     if info is None:
         model_config, template = ModelConfig(name=run_or_model), TemplateConfig()
     else:
@@ -471,123 +385,3 @@ def load_for_inference(run_or_model: str, which: Literal["finetuned", "base"] = 
                      name=name if which == "finetuned" else f"{name}:base",
                      base_model=info["base_model"] if info else run_or_model,
                      method=(info or {}).get("method"))
-
-
-class ChatSession:
-    """A conversation with a model, kept inside its context window by dropping the oldest turns first.
-
-    `/system` text goes in front of every prompt (the run's configured system prompt applies when none is set).
-    """
-
-    def __init__(self, generator: Generator, options: GenerationOptions, system: str | None = None):
-        self.generator, self.options, self.system = generator, options, system
-        self.messages: list[Message] = []
-
-    def reset(self) -> None:
-        self.messages = []
-
-    def conversation(self) -> list[Message]:
-        head = [Message("system", self.system)] if self.system else []
-        return head + self.messages
-
-    def fit(self) -> tuple[str, int]:
-        """The prompt for the conversation so far and how many old messages had to go to leave room to answer.
-
-        Raises:
-            GenerationError: the latest message alone does not fit.
-        """
-        budget = self.generator.context_length - self.options.max_new_tokens
-        dropped = 0
-        while True:
-            prompt = self.generator.render(self.conversation())
-            if self.generator.count_tokens(prompt) <= budget:
-                return prompt, dropped
-            if len(self.messages) <= 1:
-                self.messages = []
-                raise GenerationError(f"that message is too long: with room for a {self.options.max_new_tokens}-token "
-                                      f"answer it does not fit this model's {self.generator.context_length}-token "
-                                      f"context")
-            # drop the oldest exchange: a user turn and the answer that follows it
-            cut = 2 if len(self.messages) > 2 and self.messages[1].role == "assistant" else 1
-            self.messages = self.messages[cut:]
-            dropped += cut
-
-    def ask(self, text: str) -> Iterator[str]:
-        """Stream the answer to `text`; the answer (even a cut-short one) joins the conversation."""
-        self.messages.append(Message("user", text))
-        prompt, _ = self.fit()
-        pieces: list[str] = []
-        try:
-            with self.generator.stream(prompt, self.options) as stream:
-                for piece in stream:
-                    pieces.append(piece)
-                    yield piece
-        finally:
-            self.messages.append(Message("assistant", "".join(pieces)))
-
-
-PROMPT_KEYS = ("prompt", "instruction", "question")
-"""Keys a prompts file may use for the question; `input` and `system` are read alongside, or `messages`."""
-
-
-def prompt_record(row: object, file: str, line: int) -> Record:
-    """One line of a prompts file as a record still to be answered.
-
-    >>> prompt_record({"instruction": "Add", "input": "2+2"}, "p.jsonl", 1).input
-    '2+2'
-
-    Raises:
-        DataError: the line is not an object with a prompt or a conversation ending with a user message.
-    """
-    if not isinstance(row, dict):
-        raise DataError("expected a JSON object", file=file, line=line)
-    if "messages" in row:
-        messages = row["messages"]
-        ok = isinstance(messages, list) and messages and all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-            and isinstance(m.get("content"), str) for m in messages)
-        if not ok or messages[-1]["role"] != "user":
-            raise DataError("expected a list of {role, content} messages ending with a user message",
-                            file=file, line=line, field="messages")
-        return Record(file, line, "messages",
-                      messages=tuple(Message(m["role"], m["content"]) for m in messages) + (Message("assistant", ""),))
-    key = next((k for k in PROMPT_KEYS if k in row), None)
-    if key is None or not isinstance(row[key], str):
-        raise DataError(f"expected a text field {' or '.join(PROMPT_KEYS)} (or messages)", file=file, line=line,
-                        field=key)
-    for extra in ("input", "system"):
-        if row.get(extra) is not None and not isinstance(row[extra], str):
-            raise DataError("expected text", file=file, line=line, field=extra)
-    return Record(file, line, key, prompt=row[key], input=row.get("input") or "", system=row.get("system"))
-
-
-def read_prompts(path: str | Path) -> list[tuple[dict, Record]]:
-    """Every line of a JSONL prompts file: the row as written and the record to answer.
-
-    Raises:
-        DataError: listing every bad line (file, line, field).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", file=str(path))
-    rows, problems = [], []
-    with open(path, encoding="utf-8-sig", errors="strict") as f:
-        try:
-            lines = f.read().splitlines()
-        except UnicodeDecodeError as e:
-            raise DataError(f"not UTF-8 text ({e})", file=str(path)) from None
-    for number, text in enumerate(lines, 1):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-            rows.append((row, prompt_record(row, str(path), number)))
-        except json.JSONDecodeError as e:
-            problems.append(DataProblem(str(path), number, None, f"not valid JSON: {e.msg}"))
-        except DataError as e:
-            problems.extend(e.problems)
-    if problems:
-        raise DataError(problems)
-    if not rows:
-        raise DataError("no prompts in the file", file=str(path))
-    return rows
