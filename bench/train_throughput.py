@@ -39,7 +39,15 @@ from tunesmith.models import load_model, load_tokenizer  # noqa: E402
 from tunesmith.modeling.packing import MIN_ROW_TOKENS  # noqa: E402
 from tunesmith.prepare.pipeline import load_prepared, prepare  # noqa: E402
 from tunesmith.modeling.batches import make_batch  # noqa: E402
-from tunesmith.train.loop import step_examples, train  # noqa: E402
+from tunesmith.runs import create_run  # noqa: E402
+from tunesmith.train.loop import train  # noqa: E402
+from tunesmith.train.schedule import step_examples  # noqa: E402
+
+
+def prepared_run(config):
+    """The config's run folder with its data prepared (or reused), as the api prepares it; returns its RunPaths."""
+    return prepare(create_run(config), config.model, config.data, config.template, config.tokenization,
+                   config.split).paths
 
 
 def peak_rss_bytes() -> int:
@@ -66,16 +74,16 @@ def step_order(config, steps: int, num_examples: int) -> list[int]:
 
 def tunesmith_run(config, steps: int) -> dict:
     """Train `steps` steps with tunesmith's defaults; timing is the training loop's own (model load excluded)."""
-    paths = prepare(config).paths
+    paths = prepared_run(config)
     train_set, _, manifest = load_prepared(paths)
     examples = [{"input_ids": i, "labels": l} for i, l in zip(train_set["input_ids"], train_set["labels"])]
-    max_row = max(MIN_ROW_TOKENS, manifest["max_length"], max(len(e["input_ids"]) for e in examples))
+    max_row = max(MIN_ROW_TOKENS, manifest.max_length, max(len(e["input_ids"]) for e in examples))
     positions = 0
     for step in range(steps):
         for part in step_examples(step, len(examples), config.training):
             batch = make_batch([examples[i] for i in part], config.training.packing, max_row, 0)
             positions += batch["input_ids"].numel()
-    result = train(paths, config.model, config.training)
+    result = train(paths, config.model, config.training, config.template)
     s = result.summary
     return {"real_tokens": s["tokens_seen"], "loss_tokens": s["loss_tokens"], "positions": positions,
             "seconds": s["train_time_s"], "model": result.model, "precision": s["precision"]}
@@ -106,7 +114,7 @@ def trl_run(config, steps: int, workdir: str) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    paths = prepare(config).paths
+    paths = prepared_run(config)
     train_set, _, _ = load_prepared(paths)
     order = step_order(config, steps, len(train_set))
     data = Dataset.from_dict({
@@ -151,7 +159,7 @@ def child(args) -> None:
     config = bench_config(args, args.method, args.workdir)
     run = tunesmith_run(config, args.steps) if args.child == "tunesmith" else \
         trl_run(config, args.steps, f"{args.workdir}/trl-{args.method}")
-    _, test_set, _ = load_prepared(prepare(config).paths)
+    _, test_set, _ = load_prepared(prepared_run(config))
     examples = [{"input_ids": i, "labels": l} for i, l in zip(test_set["input_ids"], test_set["labels"])]
     model = run.pop("model")
     model.eval()
@@ -201,7 +209,7 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="tunesmith-bench-")
     for method in args.methods.split(","):
         config = bench_config(args, method, workdir)
-        prepare(config)  # once, here, so no child's time or memory includes it
+        prepared_run(config)  # once, here, so no child's time or memory includes it
         params = sum(p.numel() for p in load_model(config.model).parameters())
         flops_per_token = (6 if method == "full" else 4) * params
         results: dict[str, list[dict]] = {"tunesmith": [], "trl": []}

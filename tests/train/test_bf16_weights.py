@@ -12,7 +12,7 @@ from tunesmith.config import ModelConfig
 from tunesmith.modeling.batches import make_batch
 from tunesmith.modeling.losses import CausalLMLoss
 
-from test_train import losses, make_run, train_run  # noqa: F401 (make_run is a fixture)
+from training_runs import losses, train_run
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_frozen_base_in_bf16_keeps_outputs_and_is_restored_exactly_from_the_mode
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_bf16_training_with_working_weights_matches_plain_autocast_step_for_step(make_run, monkeypatch, method):
-    import tunesmith.train.loop as train_module
+    import tunesmith.train.model as train_module  # where the trainer makes its bf16 weights
 
     overrides = ("training.precision=bf16", f"training.method={method}", "training.learning_rate=1e-3")
     made = {}

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from test_train import losses, train_run, write_qa
+from training_runs import losses, prepare_run, train_run, write_qa
 
 RANK_SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -44,7 +44,6 @@ def test_two_processes_hold_identical_weights_after_a_step_and_each_saw_its_own_
     from safetensors.torch import load_file
 
     from tunesmith.config import load_config
-    from tunesmith.prepare.pipeline import prepare
 
     write_qa(tmp_path / "qa.jsonl")
     settings = (f"model: {{name: {tiny_model_dir}}}\ndata: {{path: qa.jsonl}}\nsplit: {{test_size: 2}}\n"
@@ -74,7 +73,7 @@ def test_two_processes_hold_identical_weights_after_a_step_and_each_saw_its_own_
     single_file.write_text(settings.replace("batch_size: 2", "batch_size: 4")
                            + f"output: {{runs_dir: {tmp_path / 'runs'}, name: one}}\n")
     config = load_config(single_file)
-    paths = prepare(config).paths
+    paths = prepare_run(config)
     single = train_run(config, paths)
     two = [json.loads(line) for line in (tmp_path / "runs" / "two" / "metrics.jsonl").read_text().splitlines()]
     one = [json.loads(line) for line in paths.metrics.read_text().splitlines()]

@@ -4,11 +4,13 @@ A packed row carries `position_ids` that restart at 0 for every example and NO 2
 exactly that, transformers (masking_utils.find_packed_sequence_indices, used by the sdpa and eager attention
 paths) builds a block-diagonal causal mask: a new example starts wherever the position does not grow by one.
 Passing any 2-D mask, even all ones, turns that detection off and lets packed examples see each other, and so
-does a KV cache; the trainer therefore calls the model with `use_cache=False` and no attention mask.
+does a KV cache; CausalLMLoss (losses.py, run by training and by the test loss) therefore calls the model with
+`use_cache=False` and no attention mask.
 
 That mask is quadratic in the row length, so rows are capped at a token budget (the data's `max_length`)
-rather than concatenating a whole batch into one long row. On CPU the trainer goes further and computes
-attention per example (`packed_attention`, a transformers attention function), where no mask is needed.
+rather than concatenating a whole batch into one long row. On CPU training goes further (train/model.py selects
+it) and computes attention per example (`packed_attention`, a transformers attention function), where no mask
+is needed.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def collate_packed(examples: list[dict], max_row_tokens: int, pad_token_id: int)
 
 
 PACKED_ATTENTION = "tunesmith_packed"
-"""The attention implementation the trainer selects on CPU: per example when a PackedLayout is passed, else sdpa."""
+"""The attention implementation training selects on CPU (train/model.py): per example when a PackedLayout is
+passed, else sdpa."""
 
 BUCKET_OVERHEAD = 128 * 128
 """What one more group of examples costs, in attention scores per head: the fixed cost of its dozen small ops."""

@@ -1,0 +1,104 @@
+"""Work shared by the processes of a run: each takes its part of a step (or of the test split), and the sums
+are added over processes, so one process and several give the same numbers.
+
+accelerate runs the processes (DDP over gloo on CPU, NCCL on GPUs); with one process every reduce is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunesmith.config import TrainingConfig
+from tunesmith.evaluate.test_loss import test_batches, test_loss
+from tunesmith.modeling.precision import autocast_for
+from tunesmith.models import default_device
+from tunesmith.prepare.tokenization import IGNORE_INDEX
+
+
+def uses_cpu() -> bool:
+    """Without a GPU accelerate must be told so, or under torchrun it runs each process alone instead of gloo.
+
+    Every accelerate state in a process must agree on this (the first one made wins), so all use this function.
+    """
+    return default_device().type == "cpu"
+
+
+def process_state():
+    """accelerate's view of the processes of this run (rank, world size, main process)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=uses_cpu())
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how this process trains: its place among the run's processes, its device, its precision."""
+
+    accelerator: Any
+    """accelerate's Accelerator: reduces, backward, DDP wrapping."""
+    rank: int
+    world: int
+    is_main: bool
+    """The process that writes the run's files."""
+    device: torch.device
+    precision: str
+    """fp32, bf16 or fp16, resolved for the device (`auto` made concrete)."""
+
+
+def gather_objects(obj) -> list:
+    """`obj` of every process, in rank order (for example each one's RNG state)."""
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
+def count_loss_tokens(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def accumulate_gradients(loss_model, batches: list[dict], accelerator, precision: str, real_tokens: int = 0,
+                         scale=lambda loss: loss, forward=None) -> tuple[float, int, int]:
+    """Backward over one optimizer step's micro-batches; returns (summed loss, loss tokens, real tokens), global.
+
+    `real_tokens` is this process's count of non-padding tokens, only summed over processes for reporting.
+    `forward` runs the model (default: `loss_model` itself; bf16 copies of its weights during bf16 training).
+
+    Each micro-batch's summed token loss is divided by the loss-bearing tokens of the WHOLE step (every
+    micro-batch, every process) before its backward, so the gradients add up to that of one big batch.
+    """
+    world, device = accelerator.num_processes, accelerator.device
+    counts = torch.tensor([sum(count_loss_tokens(b) for b in batches), real_tokens], dtype=torch.float64,
+                          device=device)
+    loss_tokens, real_tokens = accelerator.reduce(counts, reduction="sum").tolist()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    forward = forward or loss_model
+    for i, batch in enumerate(batches):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        # Processes synchronize gradients only after the last micro-batch; DDP then AVERAGES them over processes,
+        # which the factor world_size turns back into the global token mean.
+        sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(loss_model)
+        with sync:
+            with autocast_for(precision, device):
+                summed = forward(**batch)
+            accelerator.backward(scale(summed * world / max(loss_tokens, 1)))
+        loss_sum += summed.detach().double()
+    total = accelerator.reduce(loss_sum, reduction="sum").item()
+    return total, int(loss_tokens), int(real_tokens)
+
+
+def evaluate_loss(loss_model, examples: list[dict], training: TrainingConfig, max_row_tokens: int, pad_token_id: int,
+                  precision: str, accelerator, forward=None) -> float | None:
+    """Test loss now: each process takes every world_size-th test example; the sums are added over processes.
+
+    `forward` runs the model (default: `loss_model` itself; bf16 copies of its weights during bf16 training)."""
+    mine = examples[accelerator.process_index::accelerator.num_processes]
+    loss_model.eval()
+    result = test_loss(forward or loss_model,
+                       test_batches(mine, training.batch_size, training.packing, max_row_tokens, pad_token_id),
+                       accelerator.device, precision, reduce=lambda t: accelerator.reduce(t, reduction="sum"))
+    loss_model.train()
+    return result.loss if result is not None else None

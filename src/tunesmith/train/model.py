@@ -1,0 +1,125 @@
+"""The model being trained: built (full, LoRA or QLoRA: the only place the methods differ before saving), then
+wrapped for the loop (loss, precision, processes) and unwrapped again before it is saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tunesmith.config import ModelConfig, TrainingConfig
+from tunesmith.errors import TrainingError
+from tunesmith.modeling.losses import CausalLMLoss
+from tunesmith.modeling.packing import register_packed_attention
+from tunesmith.models import apply_lora, default_device, load_model, resolve_model_path
+from tunesmith.train.bf16_weights import TrainableCopies, bf16_trainable_copies, frozen_to_bf16, restore_frozen
+from tunesmith.train.distributed import Runtime
+
+
+def build_model(model_cfg: ModelConfig, training: TrainingConfig):
+    """The trainable model in fp32 master weights: full, or the base frozen under LoRA adapters.
+
+    Raises:
+        TrainingError: QLoRA without CUDA and bitsandbytes.
+    """
+    if training.method == "qlora":
+        if not torch.cuda.is_available():
+            raise TrainingError("training.method=qlora needs a CUDA GPU (4-bit weights); use method=lora on CPU")
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainingError("training.method=qlora needs bitsandbytes: `pip install bitsandbytes`")
+        model = load_4bit(model_cfg)
+    else:
+        model = load_model(model_cfg, dtype=torch.float32)
+    model.config.use_cache = False
+    if default_device().type == "cpu" and training.method != "qlora":
+        # On CPU, attention per example of the packed rows (packing.packed_attention): 3x less attention time
+        # than eager under a block-diagonal mask, which in turn beats sdpa's flash kernel, whose backward costs a
+        # fixed ~10 ms per layer however short the examples (tests/modeling/test_packing.py checks all give the
+        # same loss and gradients). Eager for attention that packed_attention does not implement.
+        special = attention_is_special(model.config)
+        model.set_attn_implementation("eager" if special else register_packed_attention())
+    if training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if training.method in ("lora", "qlora"):
+        model = apply_lora(model, training)
+    return model
+
+
+def attention_is_special(config) -> bool:
+    """Attention with logit soft-capping or a sliding window, which packed_attention does not implement."""
+    return bool(getattr(config, "attn_logit_softcapping", None) or getattr(config, "sliding_window", None))
+
+
+def load_4bit(model_cfg: ModelConfig):
+    """The base model in 4-bit NF4 on the first GPU, computing in bf16, ready for adapters (QLoRA)."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_cfg.name), quantization_config=quant,
+                                                 trust_remote_code=model_cfg.trust_remote_code, device_map={"": 0})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def keep_lora_sums_fp32(model) -> list:
+    """Under bf16 autocast a frozen layer's output is a bf16 number, and adding a LoRA update smaller than half
+    its last bit gives back the same number: early, small adapters would be invisible. Returning the base output
+    as fp32 makes PEFT add the update in fp32. Returns the hook handles (removed after training).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    return [module.base_layer.register_forward_hook(lambda _module, _inputs, output: output.float())
+            for module in model.modules()
+            if isinstance(module, LoraLayer) and isinstance(module.base_layer, torch.nn.Linear)]
+
+
+@dataclass
+class Learner:
+    """The model at work in the loop, and what updates it."""
+
+    model: torch.nn.Module
+    """The model as built (PEFT-wrapped under LoRA), fp32 masters: what checkpoints and the final save hold."""
+    tokenizer: object
+    """Saved with the model; its pad id pads the batches."""
+    loss_model: torch.nn.Module
+    """CausalLMLoss around the model, prepared by accelerate (DDP under several processes)."""
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    """fp16 loss scaling against underflow; a no-op for bf16 and fp32."""
+    trainable: list[torch.nn.Parameter]
+    copies: TrainableCopies | None
+    """bf16 working copies of the trainable weights that run the forward (bf16, one process), else None."""
+    lora_hooks: list
+    frozen_in_bf16: bool
+    """The frozen base was cast to bf16 for the run; `unwrap_after_training` reloads it in fp32."""
+
+
+def wrap_for_training(model, optimizer, tokenizer, training: TrainingConfig, runtime: Runtime) -> Learner:
+    """The built (and possibly resumed) model and optimizer, made ready for the loop."""
+    precision = runtime.precision
+    lora_hooks = keep_lora_sums_fp32(model) if precision != "fp32" and training.method != "full" else []
+    # bf16: matrix weights are cast once (frozen: for the whole run; trainable: once per step) instead of by
+    # autocast in every forward and backward; same numbers, ~10% less time (see bf16_weights.py). One process
+    # only: DDP synchronizes the fp32 parameters' gradients through hooks the bf16 copies would bypass.
+    frozen_in_bf16 = precision == "bf16" and training.method == "lora" and frozen_to_bf16(model) > 0
+    loss_model, optimizer = runtime.accelerator.prepare(CausalLMLoss(model), optimizer)
+    copies = bf16_trainable_copies(loss_model) if precision == "bf16" and runtime.world == 1 else None
+    loss_model.train()
+    return Learner(model=model, tokenizer=tokenizer, loss_model=loss_model, optimizer=optimizer,
+                   scaler=torch.amp.GradScaler(runtime.device.type, enabled=precision == "fp16"),
+                   trainable=[p for p in model.parameters() if p.requires_grad], copies=copies,
+                   lora_hooks=lora_hooks, frozen_in_bf16=frozen_in_bf16)
+
+
+def unwrap_after_training(learner: Learner, model_cfg: ModelConfig) -> None:
+    """Undo the training-time changes to the model (hooks, bf16 copies and base), so it saves as plain fp32."""
+    for hook in learner.lora_hooks:
+        hook.remove()
+    if learner.copies:
+        learner.copies.close()
+    if learner.frozen_in_bf16:
+        restore_frozen(learner.model, model_cfg)

@@ -1,0 +1,76 @@
+"""Building the trained model: gradient checkpointing really recomputes (and changes no number), QLoRA says
+what it needs, and LoRA updates stay visible under bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunesmith.config import TrainingConfig
+from tunesmith.errors import TrainingError
+from training_runs import losses, train_run
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradient_checkpointing_recomputes_each_layer_and_gives_the_same_training(make_run, monkeypatch, method):
+    """With checkpointing, each decoder layer's body runs twice per training forward (once forward, once again in
+    backward to rebuild the activations it did not keep); without, once. Counted at the layer's MLP, which runs
+    inside the checkpointed region (hooks on the layer itself stay outside it)."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    counts = {"calls": 0}
+    mlp_forward = LlamaMLP.forward
+
+    def counting(self, x):
+        if self.training and torch.is_grad_enabled():  # training steps, not the test-loss evaluations
+            counts["calls"] += 1
+        return mlp_forward(self, x)
+
+    monkeypatch.setattr(LlamaMLP, "forward", counting)
+    settings = [f"training.method={method}", "training.learning_rate=1e-3", "training.max_steps=3",
+                "training.lora_dropout=0"]
+    runs, calls = {}, {}
+    for name, extra in (("plain", []), ("checkpointed", ["training.gradient_checkpointing=true"])):
+        counts["calls"] = 0
+        config, paths = make_run(*settings, *extra, name=name)
+        train_run(config, paths)
+        runs[name], calls[name] = losses(paths), counts["calls"]
+    assert calls["plain"] == 3 * 2  # 3 steps x 2 layers, one micro-batch a step (batch 8 = the whole split)
+    assert calls["checkpointed"] == 2 * calls["plain"]
+    assert runs["checkpointed"] == pytest.approx(runs["plain"], abs=1e-5)
+
+
+def test_qlora_without_a_gpu_is_a_clear_error(make_run):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    config, paths = make_run("training.method=qlora")
+    with pytest.raises(TrainingError, match="qlora needs a CUDA GPU"):
+        train_run(config, paths)
+
+
+def test_under_bf16_a_small_lora_update_still_changes_the_output(tiny_model_dir):
+    """bf16 base output + a LoRA delta below half its last bit rounds back to the base output; summing in fp32
+    (keep_lora_sums_fp32) keeps early, small adapters visible, as in fp32 training."""
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.models import apply_lora
+    from tunesmith.train.model import keep_lora_sums_fp32
+
+    def delta(hook: bool) -> float:
+        torch.manual_seed(0)
+        model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), TrainingConfig(lora_dropout=0.0))
+        if hook:
+            keep_lora_sums_fp32(model)
+        layer = model.get_base_model().model.layers[0].mlp.down_proj
+        x = torch.randn(4, 128)
+        bf16 = torch.autocast("cpu", dtype=torch.bfloat16)  # one region per forward: autocast caches weight casts
+        with torch.no_grad():
+            with bf16:
+                before = layer(x).float()
+            layer.lora_B["default"].weight.fill_(1e-6)
+            with bf16:
+                after = layer(x).float()
+        return (after - before).abs().max().item()
+
+    assert delta(hook=False) == 0.0  # the update is invisible in plain bf16 autocast
+    assert delta(hook=True) > 0.0
