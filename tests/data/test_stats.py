@@ -7,8 +7,9 @@ import json
 import pytest
 
 from tunesmith.data.records import Message, Record
-from tunesmith.data.stats import (baked_templates, compute_stats, duplicates, overlap, percentile, plot_lengths,
-                                  response_tokens_cut, summarize, truncation)
+from tunesmith.data.stats import (baked_templates, compute_stats, duplicates, overlap, response_tokens_cut, summarize,
+                                  truncation)
+from tunesmith.data.text import percentile
 
 
 def qa(line, prompt, response="r"):
@@ -75,6 +76,22 @@ class TestDuplicates:
         records = [qa(i, " ".join(f"w{i}x{j}" for j in range(20))) for i in range(50)]
         assert duplicates(records).near == 0
 
+    def test_chinese_is_compared_character_by_character(self):
+        # Written without spaces: one `\w+` "word" per sentence would never be a near duplicate of anything.
+        sentence = "这款电热水壶的容量是一点七升，烧开一壶水大约需要五分钟，请不要空烧"
+        records = [qa(1, f"请介绍一下：{sentence}", "好的"),
+                   qa(2, f"请介绍一下：{sentence}。", "好的。"),  # punctuation only: normalized equal
+                   qa(3, f"请介绍一下：{sentence}", "好的呀"),  # one character added
+                   qa(4, "今天的天气怎么样？北京晴朗，气温二十度左右，适合出门散步", "好的")]
+        d = duplicates(records)
+        assert d.exact == 0 and d.near == 2
+        assert [pair[:2] for pair in d.near_examples] == [["f.jsonl:1", "f.jsonl:2"], ["f.jsonl:1", "f.jsonl:3"]]
+
+    def test_unrelated_chinese_records_are_not_near(self):
+        records = [qa(1, "这款电热水壶的容量是一点七升，烧开一壶水大约需要五分钟", "好的"),
+                   qa(2, "今天的天气怎么样？北京晴朗，气温二十度左右，适合出门散步", "好的")]
+        assert duplicates(records).near == 0
+
     def test_chat_records_compare_whole_conversations(self):
         chat = Record("f", 1, "messages", messages=(Message("user", "hi"), Message("assistant", "hello")))
         assert duplicates([chat, chat]).exact == 1
@@ -121,8 +138,3 @@ def test_compute_stats_needs_one_length_per_record():
     with pytest.raises(ValueError):
         compute_stats([qa(1, "a")], [])
 
-
-def test_plot_is_a_png_written_atomically(tmp_path):
-    path = plot_lengths([10, 20, 20, 30, 400], 64, tmp_path / "out" / "lengths.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [p.name for p in path.parent.iterdir()] == ["lengths.png"]

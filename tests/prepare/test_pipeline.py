@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from tunesmith.config import load_config
+from tunesmith.config import Config, load_config
 from tunesmith.errors import ConfigError, RunError
-from tunesmith.prepare.pipeline import load_prepared, prepare
-from tunesmith.runs import RunPaths
+from tunesmith.prepare.pipeline import load_prepared, prepare, preparation_hash
 from tunesmith.prepare.tokenization import IGNORE_INDEX
+from tunesmith.runs import RunPaths, create_run
 
 
 def write_qa(path, n: int, offset: int = 0) -> str:
@@ -18,6 +18,12 @@ def write_qa(path, n: int, offset: int = 0) -> str:
             for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(path)
+
+
+def prepare_config(config: Config):
+    """What the api does: make the config's run folder, then hand the stage its sections."""
+    return prepare(create_run(config), config.model, config.data, config.template, config.tokenization,
+                   config.split)
 
 
 @pytest.fixture
@@ -34,7 +40,7 @@ def make_config(tmp_path, tiny_model_dir):
 def test_prepared_splits_load_from_disk_with_manifest_counts(make_config):
     from datasets import load_from_disk
 
-    result = prepare(make_config())
+    result = prepare_config(make_config())
     assert not result.reused
     train = load_from_disk(str(result.paths.prepared / "train"))
     test = load_from_disk(str(result.paths.prepared / "test"))
@@ -57,20 +63,20 @@ def test_prepared_splits_load_from_disk_with_manifest_counts(make_config):
 
 
 def test_rerun_reuses_and_changed_config_or_data_reprepares(make_config, tmp_path):
-    first = prepare(make_config())
+    first = prepare_config(make_config())
     stamp = first.paths.manifest.stat().st_mtime_ns
-    again = prepare(make_config())
+    again = prepare_config(make_config())
     assert again.reused and again.manifest == first.manifest
     assert again.paths.manifest.stat().st_mtime_ns == stamp
     assert "reused" in again.summary_lines()[0]
 
-    changed = prepare(make_config("template.name=qa"))
+    changed = prepare_config(make_config("template.name=qa"))
     assert not changed.reused and changed.manifest.template == "qa"
     _, test, manifest = load_prepared(changed.paths)
     assert manifest.config_hash != first.manifest.config_hash
 
     write_qa(tmp_path / "qa.jsonl", 40, offset=100)
-    new_data = prepare(make_config("template.name=qa"))
+    new_data = prepare_config(make_config("template.name=qa"))
     assert not new_data.reused and new_data.manifest.source.sha256 != first.manifest.source.sha256
 
 
@@ -78,7 +84,7 @@ def test_examples_with_nothing_left_to_learn_are_dropped_and_reported(make_confi
     long_prompt = {"question": "Explain " + "very " * 80 + "carefully.", "answer": "No."}
     with open(tmp_path / "qa.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(long_prompt) + "\n")
-    result = prepare(make_config("tokenization.max_length=48", "tokenization.truncation_side=right",
+    result = prepare_config(make_config("tokenization.max_length=48", "tokenization.truncation_side=right",
                                  "split.test_size=0.1"))
     counts = result.manifest.counts.model_dump()
     assert counts["dropped"] == 1 and counts["truncated"] >= 1
@@ -91,15 +97,32 @@ def test_examples_with_nothing_left_to_learn_are_dropped_and_reported(make_confi
 
 def test_separate_test_file_is_the_test_split(make_config, tmp_path):
     test_file = write_qa(tmp_path / "held_out.jsonl", 5, offset=500)
-    result = prepare(make_config(f"data.test_path={test_file}"))
+    result = prepare_config(make_config(f"data.test_path={test_file}"))
     assert (result.manifest.counts.train, result.manifest.counts.test) == (40, 5)
     lines = (result.paths.prepared / "test_records.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["prompt"] == "What is item 500?"
 
 
+def test_preparation_hash_follows_the_sections_that_change_the_data(make_config):
+    config = make_config()
+    sections = (config.model, config.data, config.template, config.tokenization, config.split)
+    padded = config.tokenization.model_copy(update={"padding_side": "left"})
+    longer = config.tokenization.model_copy(update={"max_length": 64})
+    assert preparation_hash(*sections) == preparation_hash(*sections[:3], padded, config.split)
+    assert preparation_hash(*sections) != preparation_hash(*sections[:3], longer, config.split)
+
+
+def test_a_missing_data_file_leaves_no_run_folder_behind(make_config, tmp_path):
+    from tunesmith import api
+
+    with pytest.raises(ConfigError, match="no such file"):
+        api.prepare_data(None, [f"data.path={tmp_path / 'nothing.jsonl'}", f"output.runs_dir={tmp_path / 'runs'}"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_data_path_and_unprepared_run_are_clear_errors(make_config, tmp_path):
     with pytest.raises(ConfigError, match="data.path"):
-        prepare(make_config("data.path=null"))
+        prepare_config(make_config("data.path=null"))
     with pytest.raises(RunError, match="data prepare"):
         load_prepared(RunPaths(tmp_path / "runs" / "nothing"))
 
@@ -123,7 +146,7 @@ def test_cli_prepares_and_reports_bad_template_in_one_line(make_config, tmp_path
 
 
 def test_prepare_saves_data_statistics_for_the_report(make_config):
-    result = prepare(make_config())
+    result = prepare_config(make_config())
     stats = json.loads(result.paths.data_stats.read_text())
     assert stats["num_records"] == 40
     assert stats["overlap"]["same_prompt"] == 0

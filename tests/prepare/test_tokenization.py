@@ -1,13 +1,11 @@
-"""Tokenization on real SmolLM2 output: masking by position, truncation, max_length auto, the collator."""
+"""Tokenization on real SmolLM2 output: masking by position, truncation, max_length auto."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tunesmith.config import TemplateConfig, TokenizationConfig
 from tunesmith.data import Message, Record
-from tunesmith.modeling.batches import pad_collate
 from tunesmith.prepare.tokenization import IGNORE_INDEX, encode_prompt, encode_record, measure_lengths, resolve_max_length
 
 QA = TemplateConfig(name="qa")
@@ -22,13 +20,27 @@ def ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def trained_text(tokenizer, example: dict) -> str:
+    """The tokens that carry a loss, decoded: what the model learns to write."""
+    return tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX])
+
+
+def chat_ids(tokenizer, messages) -> list[int]:
+    """The tokenizer's own chat template applied to the whole conversation at once (the reference)."""
+    turns = [{"role": m.role, "content": m.content} for m in messages]
+    return tokenizer.apply_chat_template(turns, tokenize=True, return_dict=True)["input_ids"]
+
+
 def test_prompt_is_masked_and_response_with_end_token_is_trained(tokenizer):
     record = pair("What colour is the sky?", "Blue, mostly.")
     example = encode_record(record, tokenizer, QA, TokenizationConfig(), 512)
-    prompt = ids(tokenizer, "### Question:\nWhat colour is the sky?\n\n### Answer:\n")
-    response = ids(tokenizer, "Blue, mostly.") + [tokenizer.eos_token_id]
-    assert example["input_ids"] == prompt + response
-    assert example["labels"] == [IGNORE_INDEX] * len(prompt) + response
+    prompt_text = "### Question:\nWhat colour is the sky?\n\n### Answer:\n"
+    # The reference is the whole text encoded in one go, not segment by segment as the implementation does.
+    assert example["input_ids"] == ids(tokenizer, prompt_text + "Blue, mostly.<|im_end|>")
+    response = [t for t in example["labels"] if t != IGNORE_INDEX]
+    assert tokenizer.decode(response) == "Blue, mostly.<|im_end|>"
+    assert example["labels"] == [IGNORE_INDEX] * (len(example["input_ids"]) - len(response)) + response
+    assert tokenizer.decode(example["input_ids"][:-len(response)]) == prompt_text
 
 
 def test_end_token_is_trained_although_pad_is_the_same_id(tokenizer):
@@ -38,8 +50,8 @@ def test_end_token_is_trained_although_pad_is_the_same_id(tokenizer):
     trained = [i for i in end_positions if example["labels"][i] == tokenizer.eos_token_id]
     # <|im_end|> closes the system and user turns (masked) and the answer (trained).
     assert len(end_positions) == 3 and len(trained) == 1
-    answer = ids(tokenizer, "Hello")
-    assert [t for t in example["labels"] if t != IGNORE_INDEX] == answer + [tokenizer.eos_token_id]
+    assert trained_text(tokenizer, example) == "Hello<|im_end|>"
+    assert example["input_ids"] == chat_ids(tokenizer, [Message("user", "Hi"), Message("assistant", "Hello")])
 
 
 def test_chat_masks_everything_but_assistant_turns(tokenizer):
@@ -47,9 +59,8 @@ def test_chat_masks_everything_but_assistant_turns(tokenizer):
         Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hey"),
         Message("user", "Again"), Message("assistant", "Sure")))
     example = encode_record(record, tokenizer, CHAT, TokenizationConfig(), 512)
-    trained = [t for t in example["labels"] if t != IGNORE_INDEX]
-    end = tokenizer.eos_token_id
-    assert trained == ids(tokenizer, "Hey") + [end] + ids(tokenizer, "Sure") + [end]
+    assert trained_text(tokenizer, example) == "Hey<|im_end|>Sure<|im_end|>"
+    assert example["input_ids"] == chat_ids(tokenizer, record.messages)
 
 
 def test_train_on_all_labels_every_token(tokenizer):
@@ -62,18 +73,21 @@ class TestTruncation:
         record = pair("word " * 200, "The short answer.")
         full = encode_record(record, tokenizer, QA, TokenizationConfig(), 1024)
         cut = encode_record(record, tokenizer, QA, TokenizationConfig(truncation_side="left"), 32)
-        response = ids(tokenizer, "The short answer.") + [tokenizer.eos_token_id]
         assert len(full["input_ids"]) > 32 and len(cut["input_ids"]) == 32
         assert cut["input_ids"] == full["input_ids"][-32:]
-        assert [t for t in cut["labels"] if t != IGNORE_INDEX] == response
+        assert trained_text(tokenizer, cut) == "The short answer.<|im_end|>"
+        assert tokenizer.decode(cut["input_ids"]).endswith("word \n\n### Answer:\nThe short answer.<|im_end|>")
 
     def test_left_with_a_response_longer_than_max_length_keeps_prompt_tail_and_response_head(self, tokenizer):
         record = pair("Tell me a long story.", "once upon a time " * 100)
-        prompt = ids(tokenizer, "### Question:\nTell me a long story.\n\n### Answer:\n")
         cut = encode_record(record, tokenizer, QA, TokenizationConfig(truncation_side="left"), 40)
+        prompt = [t for t, label in zip(cut["input_ids"], cut["labels"]) if label == IGNORE_INDEX]
         assert len(cut["input_ids"]) == 40
-        assert cut["input_ids"][:len(prompt)] == prompt  # prompt is shorter than half of 40: kept whole
+        # prompt is shorter than half of 40: kept whole
+        assert tokenizer.decode(prompt) == "### Question:\nTell me a long story.\n\n### Answer:\n"
+        assert cut["input_ids"][:len(prompt)] == prompt
         assert cut["labels"][len(prompt):] == cut["input_ids"][len(prompt):]
+        assert trained_text(tokenizer, cut).startswith("once upon a time once upon")
         assert tokenizer.eos_token_id not in cut["labels"]  # the answer's tail (and end token) is what was cut
 
     def test_right_that_cuts_every_response_token_returns_none(self, tokenizer):
@@ -86,14 +100,18 @@ class TestTruncation:
 def test_measure_lengths_counts_prompt_and_response_with_end_token(tokenizer):
     record = pair("What colour is the sky?", "Blue.")
     [(prompt, response)] = measure_lengths([record], tokenizer, QA)
-    assert prompt == len(ids(tokenizer, "### Question:\nWhat colour is the sky?\n\n### Answer:\n"))
-    assert response == len(ids(tokenizer, "Blue.")) + 1
+    whole = ids(tokenizer, "### Question:\nWhat colour is the sky?\n\n### Answer:\nBlue.<|im_end|>")
+    assert prompt + response == len(whole)
+    assert tokenizer.decode(whole[prompt:]) == "Blue.<|im_end|>"
 
 
 def test_encode_prompt_is_exactly_the_masked_prefix(tokenizer):
     record = pair("What colour is the sky?", "Blue.")
     example = encode_record(record, tokenizer, CHAT, TokenizationConfig(), 512)
     prompt = encode_prompt(record, tokenizer, CHAT)
+    reference = tokenizer.apply_chat_template([{"role": "user", "content": record.prompt}], tokenize=True,
+                                              return_dict=True, add_generation_prompt=True)["input_ids"]
+    assert prompt == reference
     assert example["input_ids"][:len(prompt)] == prompt
     assert set(example["labels"][:len(prompt)]) == {IGNORE_INDEX}
     assert example["labels"][len(prompt)] != IGNORE_INDEX
@@ -112,31 +130,6 @@ class TestMaxLength:
 
     def test_an_int_is_used_as_given(self):
         assert resolve_max_length(TokenizationConfig(max_length=77), [100, 5000], 2048) == 77
-
-
-class TestPadCollate:
-    EXAMPLES = [{"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7]}, {"input_ids": [8], "labels": [8]}]
-
-    def test_right_padding(self):
-        batch = pad_collate(self.EXAMPLES, pad_token_id=2, padding_side="right")
-        assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 2, 2]]
-        assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-        assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
-
-    def test_left_padding(self):
-        batch = pad_collate(self.EXAMPLES, pad_token_id=2, padding_side="left")
-        assert batch["input_ids"].tolist() == [[5, 6, 7], [2, 2, 8]]
-        assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
-        assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, IGNORE_INDEX, 8]]
-
-    def test_padding_is_masked_even_when_pad_is_the_end_token(self, tokenizer):
-        examples = [encode_record(pair("Hi", "Hello there, friend"), tokenizer, QA, TokenizationConfig(), 512),
-                    encode_record(pair("Hi", "Yo"), tokenizer, QA, TokenizationConfig(), 512)]
-        batch = pad_collate(examples, tokenizer.pad_token_id, "right")
-        short = len(examples[1]["input_ids"])
-        assert batch["labels"][1, short - 1].item() == tokenizer.eos_token_id  # its own end token: trained
-        assert (batch["labels"][1, short:] == IGNORE_INDEX).all()              # padding with the same id: not
-        assert batch["input_ids"].dtype == torch.long
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

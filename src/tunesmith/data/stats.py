@@ -2,7 +2,8 @@
 
 Pure functions over canonical records and their token lengths `(prompt_tokens, response_tokens)`; the
 lengths are measured elsewhere (`tunesmith.prepare.tokenization.measure_lengths`) so this module never needs a
-tokenizer. `compute_stats` returns a `DataStats` that serializes to JSON (`data_stats.json`).
+tokenizer. `compute_stats` returns a `DataStats` that serializes to JSON (`data_stats.json`). Numbers only: the
+length histogram is drawn by `tunesmith.report.charts.length_chart`, so the data layer never loads matplotlib.
 
 Percentiles are nearest-rank: p99 is the smallest length that at least 99% of examples fit in, always
 a length that occurs in the data, which is what a `max_length` choice needs.
@@ -10,14 +11,13 @@ a length that occurs in the data, which is what a `max_length` choice needs.
 
 from __future__ import annotations
 
-import io
 import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
+from tunesmith.data.lengths import kept_window
 from tunesmith.data.records import Record, prompt_key
-from tunesmith.data.text import percentile
+from tunesmith.data.text import percentile, words
 
 EXAMPLES_SHOWN = 5
 """How many example locations each finding keeps (the counts are always complete)."""
@@ -123,9 +123,14 @@ class DataInspection:
     """Why `stats.truncation.max_length` is what it is (given, or the p99 of total lengths)."""
     stats: DataStats
     plot: str | None = None
+    """Where the length histogram PNG was written, if one was asked for."""
+    total_lengths: list[int] = field(default_factory=list, repr=False)
+    """Tokens per record (prompt + response), for the histogram; not in `to_dict()`, which stays small."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        del data["total_lengths"]
+        return data
 
 
 @dataclass
@@ -155,21 +160,17 @@ def summarize(values: list[int]) -> LengthSummary:
 
 
 def response_tokens_cut(prompt: int, response: int, max_length: int, truncation_side: str = "left") -> int:
-    """Response tokens lost when one example is cut to `max_length`, by the rules of `tunesmith.prepare.tokenization`.
+    """Response tokens lost when one example is cut to `max_length`, by the rule tokenization applies.
 
+    The example is read as its prompt tokens, then its response tokens (`tunesmith.data.lengths.kept_window`):
     `left` cuts the prompt first; when the response alone does not fit, the prompt keeps its last
     max_length // 2 tokens and the response's tail goes. `right` cuts the end, which is the response.
 
     >>> response_tokens_cut(10, 5, max_length=12), response_tokens_cut(10, 20, max_length=12)
     (0, 14)
     """
-    if prompt + response <= max_length:
-        return 0
-    if truncation_side == "right":
-        return min(response, prompt + response - max_length)
-    if response <= max_length:
-        return 0
-    return response - (max_length - min(prompt, max_length // 2))
+    start, end = kept_window(prompt + response, prompt, max_length, truncation_side)
+    return response - max(0, end - max(start, prompt))
 
 
 def truncation(lengths: list[tuple[int, int]], max_length: int, truncation_side: str = "left") -> Truncation:
@@ -196,21 +197,10 @@ def _answer(record: Record) -> str:
     return record.response
 
 
-def _full_text(record: Record) -> str:
-    return f"{prompt_key(record)}\n{_answer(record)}"
-
-
-_WORD = re.compile(r"\w+")
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def _shingles(words: list[str]) -> frozenset:
-    if len(words) < 3:
-        return frozenset([tuple(words)])
-    return frozenset(zip(words, words[1:], words[2:]))
+def _shingles(tokens: list[str]) -> frozenset:
+    if len(tokens) < 3:
+        return frozenset([tuple(tokens)])
+    return frozenset(zip(tokens, tokens[1:], tokens[2:]))
 
 
 def jaccard(a: frozenset, b: frozenset) -> float:
@@ -228,12 +218,13 @@ def jaccard(a: frozenset, b: frozenset) -> float:
 def duplicates(records: list[Record], bucket_limit: int = 32, window: int = 8) -> Duplicates:
     """Exact duplicates, prompts with conflicting answers, and near duplicates.
 
-    Near duplicates without comparing all pairs (fast for 100k records): examples whose normalized words
-    (lowercase, punctuation dropped) are equal, plus pairs with word-trigram Jaccard >= 0.9 among candidates
-    that share one of four 8-word keys: the start or end of the whole example, the end of its prompt, the start
-    of its answer. An edit leaves at least one key intact unless it touches every one of those places.
-    Inside a bucket (sorted by length) each example meets the next `window` ones; buckets larger than
-    `bucket_limit` (boilerplate that many examples share) are skipped, so the cost stays linear.
+    Near duplicates without comparing all pairs (fast for 100k records): examples whose words
+    (`tunesmith.data.text.words`: lowercase, punctuation dropped, Chinese and Japanese by character) are
+    equal, plus pairs with word-trigram Jaccard >= 0.9 among candidates that share one of four 8-word keys: the
+    start or end of the whole example, the end of its prompt, the start of its answer. An edit leaves at least
+    one key intact unless it touches every one of those places. Inside a bucket (sorted by length) each example
+    meets the next `window` ones; buckets larger than `bucket_limit` (boilerplate that many examples share) are
+    skipped, so the cost stays linear.
     """
     where = [r.where for r in records]
     exact_groups: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -244,40 +235,7 @@ def duplicates(records: list[Record], bucket_limit: int = 32, window: int = 8) -
             answers[prompt_key(record)].setdefault(_answer(record), i)
     exact = [group for group in exact_groups.values() if len(group) > 1]
     conflicts = [list(by_answer.values()) for by_answer in answers.values() if len(by_answer) > 1]
-
-    near: dict[int, tuple[int, float]] = {}
-    by_normal: dict[str, int] = {}
-    words: dict[int, list[str]] = {}
-    buckets: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for (prompt, answer), group in exact_groups.items():
-        i = group[0]
-        prompt_words, answer_words = _words(prompt), _words(answer)
-        words[i] = prompt_words + answer_words
-        first = by_normal.setdefault(" ".join(words[i]), i)
-        if first != i:
-            near[i] = (first, 1.0)
-        elif len(words[i]) >= 4:
-            for kind, key in enumerate((words[i][:8], words[i][-8:], prompt_words[-8:], answer_words[:8])):
-                if key:
-                    buckets[(kind, " ".join(key))].append(i)
-    shingles: dict[int, frozenset] = {}
-    for members in buckets.values():
-        if not 2 <= len(members) <= bucket_limit:
-            continue
-        members.sort(key=lambda i: len(words[i]))
-        for a_pos, a in enumerate(members):
-            for b in members[a_pos + 1: a_pos + 1 + window]:
-                if len(words[a]) < NEAR_DUPLICATE_JACCARD * len(words[b]):
-                    break  # sorted by length: every later one is even longer
-                later, earlier = max(a, b), min(a, b)
-                if later in near:
-                    continue
-                for i in (a, b):
-                    if i not in shingles:
-                        shingles[i] = _shingles(words[i])
-                similarity = jaccard(shingles[a], shingles[b])
-                if similarity >= NEAR_DUPLICATE_JACCARD:
-                    near[later] = (earlier, similarity)
+    near = _near_duplicates(exact_groups, bucket_limit, window)
 
     def locate(groups: list[list[int]]) -> list[list[str]]:
         return [[where[i] for i in group[:EXAMPLES_SHOWN]] for group in groups[:EXAMPLES_SHOWN]]
@@ -288,6 +246,45 @@ def duplicates(records: list[Record], bucket_limit: int = 32, window: int = 8) -
         exact_examples=locate(exact), conflicting_examples=locate(conflicts),
         near_examples=[[where[first], where[later], f"{similarity:.2f}"]
                        for later, (first, similarity) in near_pairs[:EXAMPLES_SHOWN]])
+
+
+def _near_duplicates(exact_groups: dict[tuple[str, str], list[int]], bucket_limit: int,
+                     window: int) -> dict[int, tuple[int, float]]:
+    """{later index: (earlier index, similarity)} over the first record of each exact group (see `duplicates`)."""
+    near: dict[int, tuple[int, float]] = {}
+    by_normal: dict[str, int] = {}
+    tokens: dict[int, list[str]] = {}
+    buckets: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for (prompt, answer), group in exact_groups.items():
+        i = group[0]
+        prompt_words, answer_words = words(prompt), words(answer)
+        tokens[i] = prompt_words + answer_words
+        first = by_normal.setdefault(" ".join(tokens[i]), i)
+        if first != i:
+            near[i] = (first, 1.0)
+        elif len(tokens[i]) >= 4:
+            for kind, key in enumerate((tokens[i][:8], tokens[i][-8:], prompt_words[-8:], answer_words[:8])):
+                if key:
+                    buckets[(kind, " ".join(key))].append(i)
+    shingles: dict[int, frozenset] = {}
+    for members in buckets.values():
+        if not 2 <= len(members) <= bucket_limit:
+            continue
+        members.sort(key=lambda i: len(tokens[i]))
+        for a_pos, a in enumerate(members):
+            for b in members[a_pos + 1: a_pos + 1 + window]:
+                if len(tokens[a]) < NEAR_DUPLICATE_JACCARD * len(tokens[b]):
+                    break  # sorted by length: every later one is even longer
+                later, earlier = max(a, b), min(a, b)
+                if later in near:
+                    continue
+                for i in (a, b):
+                    if i not in shingles:
+                        shingles[i] = _shingles(tokens[i])
+                similarity = jaccard(shingles[a], shingles[b])
+                if similarity >= NEAR_DUPLICATE_JACCARD:
+                    near[later] = (earlier, similarity)
+    return near
 
 
 def _texts_by_field(record: Record) -> list[tuple[str, str]]:
@@ -368,27 +365,3 @@ def overlap(train_records: list[Record], test_records: list[Record]) -> Overlap:
             examples.append(f"{record.where} has the prompt of {match.where}")
     return Overlap(same_prompt, same_example, examples)
 
-
-def plot_lengths(totals: list[int], max_length: int | None, path: str | Path) -> Path:
-    """A histogram PNG of total token lengths with the max_length cut-off drawn, written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from tunesmith.runs import atomic_write_bytes
-
-    figure = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.hist(totals, bins=min(50, max(5, len(set(totals)))), color="#4c72b0")
-    if max_length:
-        cut = sum(t > max_length for t in totals)
-        axes.axvline(max_length, color="#c44e52", linestyle="--",
-                     label=f"max_length = {max_length} ({cut} of {len(totals)} longer)")
-        axes.legend()
-    axes.set_xlabel("tokens per example (prompt + response, after templating)")
-    axes.set_ylabel("examples")
-    axes.set_title(f"Token lengths of {len(totals)} examples")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return atomic_write_bytes(path, buffer.getvalue())

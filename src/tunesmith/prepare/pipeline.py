@@ -13,15 +13,20 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tunesmith.config import Config, config_hash
+from tunesmith.config import (DataConfig, ModelConfig, SplitConfig, TemplateConfig, TokenizationConfig,
+                              config_hash)
 from tunesmith.data import LoadedData, Record, load_records, prompt_key, record_to_dict
 from tunesmith.errors import ConfigError, DataError, RunError
 from tunesmith.prepare.manifest import MANIFEST_VERSION, Manifest
-from tunesmith.runs import RunPaths, create_run, file_sha256
 from tunesmith.prepare.templates import jinja_source
+from tunesmith.runs import RunPaths, file_sha256
 
-__all__ = ["Manifest", "PrepareResult", "load_prepared", "prepare", "preparation_hash"]
+if TYPE_CHECKING:
+    from tunesmith.prepare.tokenization import Measured
+
+__all__ = ["Manifest", "PrepareResult", "check_data_paths", "load_prepared", "prepare", "preparation_hash"]
 
 DROPPED_LISTED = 100
 """Dropped examples named one by one in the manifest (all are counted)."""
@@ -58,7 +63,8 @@ class PrepareResult:
         return lines
 
 
-def preparation_hash(config: Config) -> str:
+def preparation_hash(model: ModelConfig, data: DataConfig, template: TemplateConfig,
+                     tokenization: TokenizationConfig, split: SplitConfig) -> str:
     """Hash of every setting that changes the prepared data (data content is hashed separately).
 
     The data paths are left out (the files' content hashes stand for them), a Jinja template file's text is in,
@@ -66,15 +72,29 @@ def preparation_hash(config: Config) -> str:
     """
     parts = {
         "version": MANIFEST_VERSION,
-        "model": config.model.model_dump(mode="json"),
-        "data": config.data.model_dump(mode="json", exclude={"path", "test_path"}),
-        "template": config.template.model_dump(mode="json"),
-        "tokenization": config.tokenization.model_dump(mode="json", exclude={"padding_side"}),
-        "split": config.split.model_dump(mode="json") if not config.data.test_path else None,
+        "model": model.model_dump(mode="json"),
+        "data": data.model_dump(mode="json", exclude={"path", "test_path"}),
+        "template": template.model_dump(mode="json"),
+        "tokenization": tokenization.model_dump(mode="json", exclude={"padding_side"}),
+        "split": split.model_dump(mode="json") if not data.test_path else None,
     }
-    if config.template.name == "jinja":
-        parts["jinja_text"] = jinja_source(config.template)[1]
+    if template.name == "jinja":
+        parts["jinja_text"] = jinja_source(template)[1]
     return config_hash(parts)
+
+
+def check_data_paths(data: DataConfig) -> None:
+    """The data paths are set and exist; callers check this before creating a run folder for them.
+
+    Raises:
+        ConfigError: no data path, or a path that does not exist.
+    """
+    if not data.path:
+        raise ConfigError("data.path is not set: give the training data file (e.g. --set data.path=train.jsonl)")
+    for key in ("path", "test_path"):
+        value = getattr(data, key)
+        if value and not Path(value).exists():
+            raise ConfigError(f"data.{key}={value!r}: no such file or folder")
 
 
 def _source(path: str) -> dict:
@@ -94,21 +114,22 @@ def _reusable(paths: RunPaths, sources: dict, prep_hash: str) -> Manifest | None
     return manifest if same and complete else None
 
 
-def _split(config: Config, loaded: LoadedData) -> tuple[list[Record], list[Record]]:
+def _split(loaded: LoadedData, data: DataConfig, split: SplitConfig) -> tuple[list[Record], list[Record]]:
     from tunesmith.prepare.split import split_records
 
-    if config.data.test_path:
-        return loaded.records, load_records(config.data.test_path, config.data).records
-    return split_records(loaded.records, config.split)
+    if data.test_path:
+        return loaded.records, load_records(data.test_path, data).records
+    return split_records(loaded.records, split)
 
 
-def _encode_split(records: list[Record], tokenized: list, config: Config, max_length: int, name: str) -> dict:
+def _encode_split(records: list[Record], tokenized: list, tokenization: TokenizationConfig, max_length: int,
+                  name: str) -> dict:
     """Encode one split; examples with no loss-bearing token left are dropped and named."""
     from tunesmith.prepare.tokenization import IGNORE_INDEX, build_example
 
     kept, examples, dropped = [], [], []
     for record, tok in zip(records, tokenized):
-        example = build_example(tok, config.tokenization, max_length)
+        example = build_example(tok, tokenization, max_length)
         if example is None:
             dropped.append({"split": name, "where": record.where,
                             "reason": f"no answer token left after truncation to max_length={max_length} "
@@ -134,62 +155,69 @@ def _save_split(folder: Path, name: str, encoded: dict) -> None:
     (folder / f"{name}_records.jsonl").write_text(lines, encoding="utf-8")
 
 
-def prepare(config: Config) -> PrepareResult:
+def prepare(paths: RunPaths, model: ModelConfig, data: DataConfig, template: TemplateConfig,
+            tokenization: TokenizationConfig, split: SplitConfig) -> PrepareResult:
     """Tokenize the configured data into `<run>/prepared/{train,test}` plus records and manifest.
 
-    Re-running with the same data files and preparation settings reuses what is there (`reused=True`).
+    `paths` is the run folder, made by the caller (`tunesmith.runs.create_run`, which also saves the config);
+    the sections are the only settings read. Re-running with the same data files and preparation settings
+    reuses what is there (`reused=True`).
 
     Raises:
         ConfigError: no data path, or a template/split setting that cannot work with this data.
         DataError: the data is invalid (every problem listed).
         ModelError: the tokenizer cannot be loaded.
     """
-    import datasets
+    from tunesmith.prepare.tokenization import tokenize_for_model
+    from tunesmith.runs import atomic_write_json
 
-    from tunesmith.models import context_length, load_model_config, load_tokenizer
-    from tunesmith.runs import atomic_dir, atomic_write_json
-    from tunesmith.prepare.templates import resolve_template_name
-    from tunesmith.prepare.tokenization import resolve_max_length, tokenize_records
-
-    if not config.data.path:
-        raise ConfigError("data.path is not set: give the training data file (e.g. --set data.path=train.jsonl)")
-    for key in ("path", "test_path"):
-        value = getattr(config.data, key)
-        if value and not Path(value).exists():
-            raise ConfigError(f"data.{key}={value!r}: no such file or folder")
-    paths = create_run(config)
-    sources = {"source": _source(config.data.path),
-               "test_source": _source(config.data.test_path) if config.data.test_path else None}
-    prep_hash = preparation_hash(config)
+    check_data_paths(data)
+    sources = {"source": _source(data.path), "test_source": _source(data.test_path) if data.test_path else None}
+    prep_hash = preparation_hash(model, data, template, tokenization, split)
     manifest = _reusable(paths, sources, prep_hash)
     if manifest is not None:
         return PrepareResult(paths, manifest, reused=True)
 
-    loaded = load_records(config.data.path, config.data)
-    train, test = _split(config, loaded)
+    loaded = load_records(data.path, data)
+    train, test = _split(loaded, data, split)
     if not train:
-        raise DataError("no valid records to train on", file=config.data.path)
-    tokenizer = load_tokenizer(config.model)
-    template = resolve_template_name(config.template, tokenizer)
-    tokenized = tokenize_records(train + test, tokenizer, config.template)
-    model_context = context_length(load_model_config(config.model))
-    max_length = resolve_max_length(config.tokenization, [t.total_tokens for t in tokenized], model_context)
-    encoded = {"train": _encode_split(train, tokenized[:len(train)], config, max_length, "train"),
-               "test": _encode_split(test, tokenized[len(train):], config, max_length, "test")}
-    dropped = encoded["train"]["dropped"] + encoded["test"]["dropped"]
+        raise DataError("no valid records to train on", file=data.path)
+    measured = tokenize_for_model(train + test, model, template, tokenization)
+    max_length = measured.max_length
+    encoded = {"train": _encode_split(train, measured.tokenized[:len(train)], tokenization, max_length, "train"),
+               "test": _encode_split(test, measured.tokenized[len(train):], tokenization, max_length, "test")}
+    manifest = _manifest(sources, prep_hash, model, tokenization, loaded, measured, encoded,
+                         test_prompts_in_train=_test_prompts_in_train(train, test))
+    if not encoded["train"]["examples"]:
+        raise ConfigError(f"no training example is left after truncation to max_length={max_length}: "
+                          f"raise tokenization.max_length")
+    _save(paths, encoded, manifest)
+    atomic_write_json(paths.data_stats, data_statistics(train + test, measured.tokenized, train, test,
+                                                        tokenization, max_length))
+    return PrepareResult(paths, manifest, reused=False)
+
+
+def _test_prompts_in_train(train: list[Record], test: list[Record]) -> int:
     train_prompts = {prompt_key(r) for r in train}
-    manifest = Manifest.model_validate({
+    return sum(prompt_key(r) in train_prompts for r in test)
+
+
+def _manifest(sources: dict, prep_hash: str, model: ModelConfig, tokenization: TokenizationConfig,
+              loaded: LoadedData, measured: Measured, encoded: dict, test_prompts_in_train: int) -> Manifest:
+    """The typed manifest of one preparation: what was made from what, with every count."""
+    dropped = encoded["train"]["dropped"] + encoded["test"]["dropped"]
+    return Manifest.model_validate({
         "version": MANIFEST_VERSION,
         **sources,
         "config_hash": prep_hash,
-        "model": config.model.name,
-        "template": template,
+        "model": model.name,
+        "template": measured.template,
         "shape": loaded.shape,
         "shape_reason": loaded.reason,
-        "max_length": max_length,
-        "max_length_setting": config.tokenization.max_length,
-        "model_context": model_context,
-        "train_on": config.tokenization.train_on,
+        "max_length": measured.max_length,
+        "max_length_setting": tokenization.max_length,
+        "model_context": measured.model_context,
+        "train_on": tokenization.train_on,
         "counts": {
             "records": len(loaded.records),
             "skipped_invalid": len(loaded.skipped),
@@ -197,16 +225,21 @@ def prepare(config: Config) -> PrepareResult:
             "test": len(encoded["test"]["examples"]),
             "truncated": encoded["train"]["truncated"] + encoded["test"]["truncated"],
             "dropped": len(dropped),
-            "test_prompts_in_train": sum(prompt_key(r) in train_prompts for r in test),
+            "test_prompts_in_train": test_prompts_in_train,
         },
         "tokens": {split: encoded[split]["tokens"] for split in ("train", "test")},
         "dropped": dropped[:DROPPED_LISTED],
         "skipped_invalid": [str(p) for p in loaded.skipped[:DROPPED_LISTED]],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
-    if not encoded["train"]["examples"]:
-        raise ConfigError(f"no training example is left after truncation to max_length={max_length}: "
-                          f"raise tokenization.max_length")
+
+
+def _save(paths: RunPaths, encoded: dict, manifest: Manifest) -> None:
+    """Both splits and the manifest into `<run>/prepared/`, all at once (built aside, renamed into place)."""
+    import datasets
+
+    from tunesmith.runs import atomic_dir, atomic_write_json
+
     progress_was_off = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
@@ -217,17 +250,15 @@ def prepare(config: Config) -> PrepareResult:
     finally:
         if not progress_was_off:
             datasets.enable_progress_bars()
-    atomic_write_json(paths.data_stats, data_statistics(train + test, tokenized, train, test, config, max_length))
-    return PrepareResult(paths, manifest, reused=False)
 
 
 def data_statistics(records: list[Record], tokenized: list, train: list[Record], test: list[Record],
-                    config: Config, max_length: int) -> dict:
+                    tokenization: TokenizationConfig, max_length: int) -> dict:
     """What `data inspect` would say about the run's data, plus train/test overlap, for the report."""
     from tunesmith.data.stats import compute_stats, overlap
 
     lengths = [(t.prompt_tokens, t.response_tokens) for t in tokenized]
-    stats = compute_stats(records, lengths, max_length, config.tokenization.truncation_side).to_dict()
+    stats = compute_stats(records, lengths, max_length, tokenization.truncation_side).to_dict()
     return {**stats, "overlap": asdict(overlap(train, test))}
 
 

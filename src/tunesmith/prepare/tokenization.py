@@ -10,7 +10,11 @@ Truncation (`tokenization.truncation_side`):
   `max_length`, the example keeps the end of its prompt (at most half of `max_length`) so the model still sees
   what it answers, then as much of the answer as fits: the answer's tail, end token included, is cut.
 - `right`: tokens are cut from the end (the answer's tail first).
+The rule itself is `tunesmith.data.lengths.kept_window`, the one `data inspect` predicts the cost with.
 An example left with no loss-bearing token is not encoded (`None`); `prepare` drops and reports it.
+
+`tokenize_for_model` is the step `prepare` and `data inspect` share: load the model's tokenizer, resolve the
+template, tokenize, and resolve `max_length` against the model's context, so both see the same numbers.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Sequence
 
-from tunesmith.config import TemplateConfig, TokenizationConfig
+from tunesmith.config import ModelConfig, TemplateConfig, TokenizationConfig
 from tunesmith.data import Record
+from tunesmith.data.lengths import kept_window
 from tunesmith.data.text import percentile
-from tunesmith.prepare.templates import render_prompt, render_segments
+from tunesmith.prepare.templates import render_prompt, render_segments, resolve_template_name
 
-__all__ = ["IGNORE_INDEX", "MaskingStrategy", "TokenizedRecord", "build_example", "encode_prompt",
-           "encode_record", "measure_lengths", "resolve_max_length", "special_prefix",
+__all__ = ["IGNORE_INDEX", "MaskingStrategy", "Measured", "TokenizedRecord", "build_example", "encode_prompt",
+           "encode_record", "measure_lengths", "resolve_max_length", "special_prefix", "tokenize_for_model",
            "tokenize_records"]
 
 IGNORE_INDEX = -100
@@ -62,6 +67,15 @@ class TokenizedRecord:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.response_tokens
+
+    @property
+    def answer_start(self) -> int:
+        """Position of the first token of the last trainable segment (0 when none): where truncation aims."""
+        offsets, position = [], 0
+        for piece in self.pieces:
+            offsets.append(position)
+            position += len(piece)
+        return max((o for o, t in zip(offsets, self.trainable) if t), default=0)
 
 
 def special_prefix(tokenizer) -> list[int]:
@@ -108,24 +122,6 @@ def tokenize_records(records: Sequence[Record], tokenizer, template: TemplateCon
     return tokenized
 
 
-def _truncation_window(tokenized: TokenizedRecord, truncation_side: str, max_length: int) -> tuple[int, int]:
-    """[start, end) of the tokens kept (see the module docstring for the rules)."""
-    total = tokenized.total_tokens
-    if total <= max_length:
-        return 0, total
-    if truncation_side == "right":
-        return 0, max_length
-    offsets, position = [], 0
-    for piece in tokenized.pieces:
-        offsets.append(position)
-        position += len(piece)
-    answer_start = max((o for o, t in zip(offsets, tokenized.trainable) if t), default=0)
-    if total - answer_start <= max_length:
-        return total - max_length, total
-    start = answer_start - min(answer_start, max_length // 2)
-    return start, start + max_length
-
-
 def build_example(tokenized: TokenizedRecord, tokenization: TokenizationConfig, max_length: int) -> dict | None:
     """Concatenate the pieces, label them by position, truncate; None when no token is left to learn from.
 
@@ -138,7 +134,7 @@ def build_example(tokenized: TokenizedRecord, tokenization: TokenizationConfig, 
     for piece, trainable in zip(tokenized.pieces, tokenized.trainable):
         input_ids.extend(piece)
         labels.extend(piece if trainable or train_all else [IGNORE_INDEX] * len(piece))
-    start, end = _truncation_window(tokenized, tokenization.truncation_side, max_length)
+    start, end = kept_window(tokenized.total_tokens, tokenized.answer_start, max_length, tokenization.truncation_side)
     input_ids, labels = input_ids[start:end], labels[start:end]
     # The first position's label never counts: a causal LM predicts token t from the tokens before it.
     if not any(label != IGNORE_INDEX for label in labels[1:]):
@@ -182,3 +178,39 @@ def resolve_max_length(tokenization: TokenizationConfig, totals: Sequence[int], 
     if not totals:
         return model_context
     return min(percentile(totals, 99), model_context)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Records tokenized with a model's tokenizer and template, and the `max_length` their lengths resolve to."""
+
+    tokenized: list[TokenizedRecord]
+    """One per record, in order, before truncation."""
+    template: str
+    """The template actually used (`auto` resolved to `chat` or `alpaca`)."""
+    model_context: int
+    """The model's context length in tokens: `max_length: auto` never exceeds it."""
+    max_length: int
+
+    @property
+    def lengths(self) -> list[tuple[int, int]]:
+        """(prompt tokens, response tokens) per record, what `tunesmith.data.stats` takes."""
+        return [(t.prompt_tokens, t.response_tokens) for t in self.tokenized]
+
+
+def tokenize_for_model(records: Sequence[Record], model: ModelConfig, template: TemplateConfig,
+                       tokenization: TokenizationConfig) -> Measured:
+    """Load the model's tokenizer, tokenize the records, resolve `max_length` with the model's context.
+
+    Raises:
+        ModelError: the tokenizer or the model's config cannot be loaded.
+        ConfigError: the template cannot work with this tokenizer or these records.
+    """
+    from tunesmith.models import context_length, load_model_config, load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    template_name = resolve_template_name(template, tokenizer)
+    tokenized = tokenize_records(records, tokenizer, template)
+    model_context = context_length(load_model_config(model))
+    max_length = resolve_max_length(tokenization, [t.total_tokens for t in tokenized], model_context)
+    return Measured(tokenized, template_name, model_context, max_length)

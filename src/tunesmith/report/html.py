@@ -1,11 +1,12 @@
-"""The run report (one self-contained HTML file) and the run comparison table, from results files only.
+"""The run report: one self-contained HTML file of sections, from results files only.
 
 Everything here reads what other stages wrote into the run folder: `config.yaml`, `data_stats.json`,
 `prepared/` (manifest and token lengths), `metrics.jsonl`, `train_summary.json`, `eval/metrics.json`,
 `eval/predictions.jsonl`, `eval/mc-*.json`. A missing file shows as "not computed", never as a failure, so the
 report can be built at any point of a run. Charts are matplotlib PNGs (Agg) inlined as base64 `data:` URIs and
 the styles are inline too: the file opens offline, from anywhere, and fetches nothing. Every piece of text
-from the data is HTML-escaped.
+from the data is HTML-escaped. The charts are `report.charts`, the reading of the files `report.results`; the
+terminal's runs table is `report.runs_table`.
 
 Never imports torch: a report must be cheap to rebuild.
 """
@@ -15,78 +16,21 @@ from __future__ import annotations
 import base64
 import difflib
 import html
-import json
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import yaml
 
-from tunesmith.report.charts import _color, _figure, _png, length_chart, loss_chart
+from tunesmith.report.charts import error_chart, length_chart, loss_chart, metric_charts
+from tunesmith.report.results import METRIC_LABELS, fmt, ordered_models, read_config, read_json, token_lengths
 from tunesmith.runs import RunPaths, atomic_write_text, read_jsonl
 
-METRIC_LABELS = {
-    "exact_match": "exact match",
-    "exact_match_normalized": "exact match (normalized)",
-    "token_f1": "token F1",
-    "rouge_l": "ROUGE-L",
-    "bleu": "BLEU",
-    "chrf": "chrF",
-}
-"""Generation metrics in table order, with the names people know them by."""
+__all__ = ["Markup", "build_report", "esc", "render_report", "table", "word_diff"]
 
-METRIC_SHORT = {"exact_match": "EM", "exact_match_normalized": "EM_norm", "token_f1": "F1", "rouge_l": "ROUGE-L",
-                "bleu": "BLEU", "chrf": "chrF"}
-"""Column names for terminal tables."""
-
-MODEL_ORDER = ("base", "finetuned", "model")
 WORST_SHOWN = 20
+"""Examples in the "worst examples" section (all of them are in the last section)."""
 NOT_COMPUTED = '<p class="missing">not computed</p>'
-
-
-# ---------------------------------------------------------------- reading results files
-
-def read_json(path: Path) -> dict | None:
-    """A JSON results file, or None when it is missing or unreadable (the report shows "not computed")."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_config(paths: RunPaths) -> dict:
-    """config.yaml as plain data ({} when missing or broken): the report shows what was saved, as saved."""
-    try:
-        data = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def token_lengths(paths: RunPaths) -> list[int]:
-    """Tokens per prepared example (train and test), for the length histogram; [] when not prepared."""
-    lengths = []
-    for split in ("train", "test"):
-        folder = paths.prepared / split
-        if not (folder / "dataset_info.json").is_file():
-            continue
-        from datasets import load_from_disk
-
-        try:
-            lengths += [len(ids) for ids in load_from_disk(str(folder))["input_ids"]]
-        except (OSError, ValueError, KeyError):
-            continue
-    return lengths
-
-
-def ordered_models(models: dict) -> list[str]:
-    """Model labels base, finetuned first, then anything else.
-
-    >>> ordered_models({"finetuned": {}, "base": {}})
-    ['base', 'finetuned']
-    """
-    return [m for m in MODEL_ORDER if m in models] + sorted(m for m in models if m not in MODEL_ORDER)
 
 
 # ---------------------------------------------------------------- HTML pieces
@@ -98,23 +42,6 @@ def esc(value) -> str:
     '&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;'
     """
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def fmt(value, digits: int = 2) -> str:
-    """Numbers for tables: fixed decimals, thousands separators for integers, "-" for nothing.
-
-    >>> fmt(3.14159), fmt(12000), fmt(None)
-    ('3.14', '12,000', '-')
-    """
-    if value is None or (isinstance(value, float) and value != value):
-        return "-"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}" if abs(value) < 1e6 else f"{value:.3g}"
-    return str(value)
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence], cls: str = "") -> str:
@@ -154,48 +81,6 @@ def word_diff(reference: str, output: str) -> Markup:
 
 def section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>{body}</section>'
-
-
-# ---------------------------------------------------------------- metric charts
-
-def metric_charts(models: dict) -> bytes | None:
-    """One bar chart per metric: each model's mean with its 95% interval as an error bar."""
-    labels = ordered_models(models)
-    names = [n for n in METRIC_LABELS if any(n in models[m].get("metrics", {}) for m in labels)]
-    if not names:
-        return None
-    columns = 3
-    rows = -(-len(names) // columns)
-    figure = _figure(4 * columns, 3 * rows)
-    for i, name in enumerate(names):
-        axes = figure.add_subplot(rows, columns, i + 1)
-        stats = [models[m].get("metrics", {}).get(name, {}) for m in labels]
-        means = [s.get("mean", 0.0) for s in stats]
-        errors = [[max(0.0, mean - s.get("low", mean)) for mean, s in zip(means, stats)],
-                  [max(0.0, s.get("high", mean) - mean) for mean, s in zip(means, stats)]]
-        bars = axes.bar(labels, means, yerr=errors, capsize=6, color=[_color(m) for m in labels])
-        axes.bar_label(bars, fmt="%.1f", label_type="center")
-        axes.set_title(METRIC_LABELS[name])
-        axes.set_ylim(0, max(100.0, max(means) * 1.1))
-        axes.grid(axis="y", alpha=0.3)
-    return _png(figure)
-
-
-def error_chart(models: dict) -> bytes | None:
-    labels = ordered_models(models)
-    categories = sorted({c for m in labels for c in models[m].get("errors", {})})
-    if not categories:
-        return None
-    figure = _figure(7, 3)
-    axes = figure.add_subplot()
-    width = 0.8 / len(labels)
-    for i, label in enumerate(labels):
-        shares = [100 * models[label].get("errors", {}).get(c, 0.0) for c in categories]
-        axes.bar([x + i * width for x in range(len(categories))], shares, width, label=label, color=_color(label))
-    axes.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(categories))], categories)
-    axes.set_ylabel("% of answers")
-    axes.legend()
-    return _png(figure)
 
 
 # ---------------------------------------------------------------- sections
@@ -371,73 +256,3 @@ def build_report(paths: RunPaths, out: str | Path | None = None) -> Path:
     """Write the report (atomically) to `out` or `<run>/report.html`; returns where it went."""
     return atomic_write_text(Path(out) if out else paths.report, render_report(paths))
 
-
-# ---------------------------------------------------------------- comparing runs
-
-def run_row(paths: RunPaths) -> dict:
-    """One run's line in `runs list` / `runs compare`: data, model, method, key settings, time, loss, metrics."""
-    config = read_config(paths)
-    training, data = config.get("training") or {}, config.get("data") or {}
-    summary = read_json(paths.train_summary) or {}
-    eval_metrics = read_json(paths.eval_dir / "metrics.json") or {}
-    models = eval_metrics.get("models") or {}
-    tuned = models.get("finetuned") or models.get("model") or {}
-    lr = summary.get("learning_rate") or training.get("learning_rate")
-    row = {
-        "run": paths.root.name,
-        "data": Path(str(data.get("path"))).name if data.get("path") else None,
-        "model": Path(str((config.get("model") or {}).get("name"))).name if config.get("model") else None,
-        "method": training.get("method"),
-        "lr": f"{lr:.1e}" if isinstance(lr, (int, float)) else None,
-        "epochs": training.get("epochs") if not training.get("max_steps") else f"{training['max_steps']} steps",
-        "lora_r": training.get("lora_r") if training.get("method") in ("lora", "qlora") else None,
-        "train_s": summary.get("time_s"),
-        "test_loss": tuned.get("loss", summary.get("final_test_loss")),
-        "base_loss": (models.get("base") or {}).get("loss"),
-    }
-    for name, short in METRIC_SHORT.items():
-        row[short] = (tuned.get("metrics") or {}).get(name, {}).get("mean")
-    return row
-
-
-def find_runs(runs_dir: str | Path) -> list[RunPaths]:
-    """Every run folder (one holding config.yaml) directly under runs_dir, oldest first."""
-    folder = Path(runs_dir)
-    if not folder.is_dir():
-        return []
-    found = [RunPaths(p) for p in folder.iterdir() if p.is_dir() and (p / "config.yaml").is_file()]
-    return sorted(found, key=lambda p: (p.config.stat().st_mtime, p.root.name))
-
-
-def run_table(runs: Sequence[RunPaths]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of formatted cells, one row per run; columns every run lacks are left out."""
-    rows = [run_row(p) for p in runs]
-    columns = [c for c in (rows[0] if rows else {}) if c == "run" or any(r.get(c) is not None for r in rows)]
-    cells = [[fmt(r.get(c), 4 if c.endswith("loss") else 2) for c in columns] for r in rows]
-    return columns, cells
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Plain aligned text (numbers right-aligned), for the terminal.
-
-    >>> print(format_table(["run", "loss"], [["a", "1.5"], ["bb", "10.25"]]))
-    run   loss
-    a      1.5
-    bb   10.25
-    """
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    numeric = [bool(rows) and all(_is_number(r[i]) for r in rows) for i in range(len(header))]
-
-    def line(cells):
-        return "  ".join((str(c).rjust(w) if num else str(c).ljust(w))
-                         for c, w, num in zip(cells, widths, numeric)).rstrip()
-
-    return "\n".join([line(header)] + [line(r) for r in rows])
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(str(text).replace(",", ""))
-    except ValueError:
-        return text == "-"
-    return True

@@ -1,5 +1,5 @@
-"""The HTML report from hand-written results files: sections, escaping, inlined images, no network, missing
-pieces, and a headless Chromium rendering; plus the pure helpers of the runs table."""
+"""The HTML report from hand-written results files (tests/report/conftest.py): sections, escaping, inlined
+images, no network, missing pieces, and a headless Chromium rendering."""
 
 from __future__ import annotations
 
@@ -13,71 +13,13 @@ import sys
 import pytest
 
 from tunesmith.report import html as report
-from tunesmith.config import load_config
-from tunesmith.runs import RunPaths, create_run
 
-EVIL = '<script>alert("owned")</script>'
 SECTIONS = ("config", "data", "training", "metrics", "errors", "worst", "examples")
 
 
-def _metric_block(mean: float) -> dict:
-    return {name: {"mean": mean, "low": mean - 5, "high": mean + 5} for name in report.METRIC_LABELS}
-
-
-def write_results(paths: RunPaths, n: int = 25) -> None:
-    """Every results file a finished, evaluated run has, written by hand."""
-    from datasets import Dataset
-
-    (paths.root / "data_stats.json").write_text(json.dumps({
-        "num_records": n, "shapes": {"qa": n}, "kinds": {"pair": n},
-        "lengths": {part: {"min": 3, "median": 10.0, "p95": 20, "p99": 22, "max": 25, "mean": 11.0}
-                    for part in ("prompt", "response", "total")},
-        "truncation": None, "duplicates": {"exact": 1, "conflicting_prompts": 0, "near": 2},
-        "baked_templates": {"records": 0, "markers": {}, "examples": []}}))
-    paths.prepared.mkdir(parents=True)
-    (paths.manifest).write_text(json.dumps({"counts": {"records": n, "train": n - 5, "test": 5, "truncated": 0,
-                                                       "dropped": 0}, "shape": "qa", "template": "chat",
-                                            "max_length": 40}))
-    for split, count in (("train", n - 5), ("test", 5)):
-        Dataset.from_dict({"input_ids": [[1] * (10 + i) for i in range(count)],
-                           "labels": [[-100] * (10 + i) for i in range(count)]}).save_to_disk(paths.prepared / split)
-    paths.metrics.write_text("".join(json.dumps({"step": s, "loss": 3.0 / s, "lr": 1e-4,
-                                                 **({"test_loss": 3.5 / s} if s % 5 == 0 else {})}) + "\n"
-                                     for s in range(1, 21)))
-    paths.train_summary.write_text(json.dumps({"method": "lora", "steps": 20, "epochs": 3.0, "learning_rate": 2e-4,
-                                               "time_s": 12.5, "final_test_loss": 0.7, "best_test_loss": 0.7}))
-    paths.eval_dir.mkdir()
-    models = {"base": {"n": n, "loss": 2.5, "perplexity": 12.18, "metrics": _metric_block(20.0),
-                       "corpus": {"bleu": 10.0, "chrf": 30.0}, "errors": {"empty": 0.0, "length": 0.4,
-                                                                          "repetitive": 0.2}},
-              "finetuned": {"n": n, "loss": 0.7, "perplexity": 2.01, "metrics": _metric_block(60.0),
-                            "corpus": {"bleu": 40.0, "chrf": 60.0}, "errors": {"empty": 0.04, "length": 0.0,
-                                                                               "repetitive": 0.0}}}
-    (paths.eval_dir / "metrics.json").write_text(json.dumps({"source": "test_records.jsonl", "n": n,
-                                                             "models": models}))
-    rows = []
-    for i in range(n):
-        reference = f"Answer number {i} is here {EVAL_WORD}" if i else EVIL
-        rows.append({"index": i, "prompt": f"Question {i}? {EVIL}", "reference": reference,
-                     "base": {"output": f"base says {i}", "metrics": {"rouge_l": 10.0}},
-                     "finetuned": {"output": f"Answer number {i} is there", "metrics": {"rouge_l": float(i * 4)}}})
-    (paths.eval_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-EVAL_WORD = "exactly"
-
-
 @pytest.fixture
-def run_paths(tmp_path) -> RunPaths:
-    config = load_config(base={"data": {"path": "qa.jsonl"},
-                               "output": {"runs_dir": str(tmp_path / "runs"), "name": "demo-run"}})
-    return create_run(config)
-
-
-@pytest.fixture
-def full_report(run_paths) -> str:
-    write_results(run_paths)
-    return report.build_report(run_paths).read_text(encoding="utf-8")
+def full_report(evaluated_run) -> str:
+    return report.build_report(evaluated_run).read_text(encoding="utf-8")
 
 
 def _section(html_text: str, anchor: str) -> str:
@@ -91,6 +33,12 @@ def test_every_section_is_there_and_computed(full_report):
         assert "not computed" not in _section(full_report, anchor), anchor
     metrics = _section(full_report, "metrics")
     assert "ROUGE-L" in metrics and "[55.00, 65.00]" in metrics  # the finetuned interval
+    rouge = re.search(r"<tr><td>ROUGE-L</td><td>(.*?)</td><td>(.*?)</td></tr>", metrics)
+    assert rouge and rouge.groups() == ('20.00 <span class="ci">[15.00, 25.00]</span>',
+                                        '60.00 <span class="ci">[55.00, 65.00]</span>')
+    assert "<tr><td>test loss</td><td>2.5000</td><td>0.7000</td></tr>" in metrics
+    assert "<tr><td>corpus bleu</td><td>10.00</td><td>40.00</td></tr>" in metrics
+    assert "25 test examples from test_records.jsonl" in metrics
     assert "hit max_new_tokens without ending" in _section(full_report, "errors")
 
 
@@ -131,8 +79,8 @@ def test_missing_results_show_as_not_computed(run_paths):
     assert "demo-run" in _section(html_text, "config")
 
 
-def test_report_never_imports_torch(run_paths):
-    write_results(run_paths)
+def test_report_never_imports_torch(evaluated_run):
+    run_paths = evaluated_run
     code = ("import sys; from pathlib import Path; from tunesmith.report.html import build_report; "
             "from tunesmith.runs import RunPaths; build_report(RunPaths(Path(sys.argv[1]))); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
@@ -143,16 +91,6 @@ def test_out_path_and_atomic_write(run_paths, tmp_path):
     out = report.build_report(run_paths, tmp_path / "elsewhere" / "r.html")
     assert out.is_file() and not run_paths.report.exists()
     assert not list(out.parent.glob(".*.tmp"))
-
-
-def test_run_table_and_format(run_paths, tmp_path):
-    write_results(run_paths)
-    header, rows = report.run_table([run_paths])
-    row = dict(zip(header, rows[0]))
-    assert row["run"] == "demo-run" and row["method"] == "lora" and row["test_loss"] == "0.7000"
-    assert row["ROUGE-L"] == "60.00" and row["train_s"] == "12.50"
-    text = report.format_table(header, rows)
-    assert text.splitlines()[0].split()[0] == "run" and "demo-run" in text
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -181,8 +119,8 @@ def test_report_renders_in_headless_chromium(full_report, run_paths, tmp_path):
     assert dom.count("<img") >= 4 and "Metrics: base vs finetuned" in dom
 
 
-def test_multiple_choice_results_get_a_section(run_paths):
-    write_results(run_paths)
+def test_multiple_choice_results_get_a_section(evaluated_run):
+    run_paths = evaluated_run
     tuned = {"acc": {"mean": 0.75, "low": 0.5, "high": 1.0}, "acc_norm": {"mean": 0.5, "low": 0.25, "high": 0.75}}
     (run_paths.eval_dir / "mc-arc_easy.json").write_text(json.dumps(
         {"source": "data/arc_easy.jsonl", "n": 4, "models": {"finetuned": tuned}}))
