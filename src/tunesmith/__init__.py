@@ -7,7 +7,7 @@ __all__ = ["Tuner", "__version__"]
 def __getattr__(name):
     # The facade pulls in torch; import it only when asked for, so `import tunesmith` stays instant.
     if name == "Tuner":
-        from tunesmith.api import Tuner
+        from tunesmith.tuner import Tuner
 
         return Tuner
     raise AttributeError(name)

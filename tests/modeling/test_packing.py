@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tunesmith.modeling import packing
-from tunesmith.modeling.packing import collate_packed, example_spans, length_buckets, pack_rows, packed_attention, \
-    packed_layout, register_packed_attention
+from tunesmith.modeling.packing import (collate_packed, example_spans, length_buckets, pack_rows, packed_attention,
+                                        packed_layout, register_packed_attention)
 from tunesmith.modeling.batches import pad_collate
 from tunesmith.prepare.tokenization import IGNORE_INDEX
 

@@ -40,9 +40,9 @@ def test_batches(examples: Sequence[dict], batch_size: int, packing: bool, max_r
     >>> [len(b["input_ids"]) for b in test_batches([{"input_ids": [5], "labels": [5]}] * 3, 2, False, 8, 0)]
     [2, 1]
     """
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"])) if by_length \
-        else range(len(examples))
-    order = list(order)
+    order = list(range(len(examples)))
+    if by_length:
+        order.sort(key=lambda i: len(examples[i]["input_ids"]))
     for start in range(0, len(order), batch_size):
         yield make_batch([examples[i] for i in order[start:start + batch_size]], packing, max_row_tokens,
                          pad_token_id)
