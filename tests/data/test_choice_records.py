@@ -3,37 +3,22 @@ own labels first), and errors that name file, line, field and the valid values."
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from tunesmith.data import choices as mc
 from tunesmith.errors import DataError
 
+from mc_files import hf_arc, native_arc, write_jsonl
+
 SKY = ("Which colour is the sky on a clear day?", ["blue", "a rather dark shade of green"], "1", ["1", "2"])
-
-
-def _hf_arc(q, choices, key, labels):
-    """The shape of allenai/ai2_arc on the Hugging Face hub (what lm-evaluation-harness's arc task reads)."""
-    return {"id": q[:8], "question": q, "choices": {"text": choices, "label": labels}, "answerKey": key}
-
-
-def _native_arc(q, choices, key, labels):
-    """The shape of ARC's original JSONL release."""
-    return {"id": q[:8], "question": {"stem": q, "choices": [{"text": t, "label": l} for t, l in zip(choices, labels)]},
-            "answerKey": key}
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 class TestParse:
     def test_native_hf_and_flat_shapes_agree(self):
         q, choices, key, labels = SKY
         expected = mc.ChoiceItem(q, tuple(choices), 0)
-        for data in (_native_arc(q, choices, key, labels), _hf_arc(q, choices, key, labels),
+        for data in (native_arc(q, choices, key, labels), hf_arc(q, choices, key, labels),
                      {"question": q, "choices": choices, "answer": 0},
                      {"question": q, "choices": choices, "answer": "blue"}):
             item = mc.parse_choice_item(data)
@@ -57,7 +42,7 @@ class TestParse:
         assert f"mc.jsonl:7: {field}:" in str(info.value)
 
     def test_file_lists_every_bad_line(self, tmp_path):
-        path = _write(tmp_path / "mc.jsonl", [{"question": "q", "choices": ["x", "y"], "answer": 0},
+        path = write_jsonl(tmp_path / "mc.jsonl", [{"question": "q", "choices": ["x", "y"], "answer": 0},
                                               {"question": "q", "choices": ["x"], "answer": 0},
                                               {"question": "q", "choices": ["x", "y"], "answer": 9}])
         with pytest.raises(DataError) as info:
@@ -76,7 +61,7 @@ class TestRecordLabels:
                 "answer": answer}
         assert mc.parse_choice_item(data).answer == 2
 
-    @pytest.mark.parametrize("shape", [_hf_arc, _native_arc])
+    @pytest.mark.parametrize("shape", [hf_arc, native_arc])
     def test_arc_numeric_labels(self, shape):
         data = shape("Third planet?", self.CHOICES, "3", ["1", "2", "3", "4"])
         assert mc.parse_choice_item(data).answer == 2
@@ -102,7 +87,7 @@ class TestRecordLabels:
             mc.parse_choice_item({"question": "q", "choices": self.CHOICES, "answer": "E"}, "mc.jsonl", 2)
 
     def test_file_with_numeric_labels_loads(self, tmp_path):
-        path = _write(tmp_path / "mc.jsonl", [{"question": f"q{i}", "choices": self.CHOICES,
+        path = write_jsonl(tmp_path / "mc.jsonl", [{"question": f"q{i}", "choices": self.CHOICES,
                                                "labels": ["1", "2", "3", "4"], "answer": str(i + 1)}
                                               for i in range(4)])
         items = mc.load_choice_items(path)

@@ -4,11 +4,12 @@ tests/data/test_choice_records.py)."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from tunesmith.evaluate import choices as ev
+
+from mc_files import hf_arc, native_arc, write_jsonl
 
 QUESTIONS = [
     ("What is two plus two?", ["3", "four", "twenty-two, or possibly five"], "B", ["A", "B", "C"]),
@@ -16,22 +17,6 @@ QUESTIONS = [
     ("Where do fish live?", ["in water", "on the moon", "in trees and mountains", "x"], "A", ["A", "B", "C", "D"]),
     ("What do bees make?", ["honey, mostly from flower nectar", "milk"], "A", ["A", "B"]),
 ]
-
-
-def _hf_arc(q, choices, key, labels):
-    """The shape of allenai/ai2_arc on the Hugging Face hub (what lm-evaluation-harness's arc task reads)."""
-    return {"id": q[:8], "question": q, "choices": {"text": choices, "label": labels}, "answerKey": key}
-
-
-def _native_arc(q, choices, key, labels):
-    """The shape of ARC's original JSONL release."""
-    return {"id": q[:8], "question": {"stem": q, "choices": [{"text": t, "label": l} for t, l in zip(choices, labels)]},
-            "answerKey": key}
-
-
-def _write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_acc_norm_divides_by_characters_of_the_choice():
@@ -76,8 +61,8 @@ def test_encode_pair_matches_harness(harness, tokenizer):
 def test_loglikelihoods_and_accuracy_match_lm_evaluation_harness(harness, tiny_model_dir, tmp_path, monkeypatch):
     from tunesmith import api
 
-    hf_file = _write(tmp_path / "arc_hf.jsonl", [_hf_arc(*q) for q in QUESTIONS])
-    native_file = _write(tmp_path / "arc_native.jsonl", [_native_arc(*q) for q in QUESTIONS])
+    hf_file = write_jsonl(tmp_path / "arc_hf.jsonl", [hf_arc(*q) for q in QUESTIONS])
+    native_file = write_jsonl(tmp_path / "arc_native.jsonl", [native_arc(*q) for q in QUESTIONS])
     task = _arc_task(hf_file)
     expected = []
     for doc in task.test_docs():
