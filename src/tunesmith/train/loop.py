@@ -56,8 +56,13 @@ from tunesmith.train.model import Learner, build_model, unwrap_after_training, w
 from tunesmith.train.optim import apply_gradients, build_optimizer, set_learning_rate
 from tunesmith.train.schedule import StepPlan, plan_steps, step_examples
 from tunesmith.train.state import Clock, TrainResult, TrainState
+from tunesmith.train.stopping import RunStatus, StopSignal
 
 __all__ = ["TrainResult", "train"]
+
+LogCallback = Callable[[dict], None]
+"""Called on the main process with each metrics line right after `metrics.jsonl` has it (the API feeds the
+trackers of `output.report_to` with it)."""
 
 MetricsCallback = Callable[[RunPaths, list[dict]], None]
 """Called on the main process with the metrics so far, after each line with a test loss and at the end (the API
@@ -84,15 +89,20 @@ class Run:
     data: TrainData
     plan: StepPlan
     on_metrics: MetricsCallback | None = None
+    status: RunStatus | None = None
+    """`<run>/status.json`, refreshed with each metrics line."""
+    on_log: LogCallback | None = None
 
 
 def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, template: TemplateConfig,
-          resume: bool = False, on_metrics: MetricsCallback | None = None) -> TrainResult:
+          resume: bool = False, on_metrics: MetricsCallback | None = None,
+          on_log: LogCallback | None = None) -> TrainResult:
     """Train on the run's prepared data and save the model to `paths.model` (and `paths.merged_model`).
 
     `template` is the run's template section, recorded (resolved) in the saved model's `tunesmith.json`.
     `on_metrics(paths, metrics)` is called on the main process after each metrics line with a test loss, and
-    once at the end.
+    once at the end; `on_log(line)` after every metrics line. SIGTERM or SIGINT stops after the current step
+    with a checkpoint (`TrainResult.stopped`); `<run>/status.json` says how the run stands throughout.
 
     Raises:
         RunError: the run has no prepared data.
@@ -101,18 +111,28 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, tem
     """
     runtime = setup(training)
     data = load_data(paths, runtime.world)
-    run = Run(paths, training, runtime, data, plan_steps(training, len(data.train), runtime.world), on_metrics)
+    plan = plan_steps(training, len(data.train), runtime.world)
+    run = Run(paths, training, runtime, data, plan, on_metrics, RunStatus(paths, runtime.is_main, plan.total_steps),
+              on_log)
 
-    tokenizer = load_tokenizer(model_cfg)
-    model = build_model(model_cfg, training).to(runtime.device)
-    optimizer = build_optimizer(model, training, run.plan.peak_lr)
-    state = resume_or_start(run, model, optimizer, resume)
-    learner = wrap_for_training(model, optimizer, tokenizer, training, runtime)
+    with StopSignal() as stop, run.status.failing_on_error():
+        tokenizer = load_tokenizer(model_cfg)
+        model = build_model(model_cfg, training).to(runtime.device)
+        optimizer = build_optimizer(model, training, run.plan.peak_lr)
+        state = resume_or_start(run, model, optimizer, resume)
+        learner = wrap_for_training(model, optimizer, tokenizer, training, runtime)
 
-    metrics = read_jsonl(paths.metrics)
-    clock = Clock.start(state.elapsed_s)
-    stopped_early = run_steps(run, learner, state, clock, metrics)
-    return finish(run, learner, state, clock, metrics, stopped_early, model_cfg, template)
+        metrics = read_jsonl(paths.metrics)
+        clock = Clock.start(state.elapsed_s)
+        run.status.running(state.step)
+        outcome = run_steps(run, learner, state, clock, metrics, stop)
+        if outcome == "stopped":
+            run.status.write("stopped", state.step)
+            return TrainResult(paths.model, None, state.step, state.train_loss, None, state.best_test_loss,
+                               model=learner.model, stopped=True)
+        result = finish(run, learner, state, clock, metrics, outcome == "early", model_cfg, template)
+    run.status.write("finished", result.steps)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -184,9 +204,10 @@ def resume_or_start(run: Run, model, optimizer, resume: bool) -> TrainState:
 # the loop
 
 
-def run_steps(run: Run, learner: Learner, state: TrainState, clock: Clock, metrics: list[dict]) -> bool:
-    """Optimizer steps from `state.step` to the plan's end: step, evaluate, log, checkpoint; returns whether
-    early stopping ended the run."""
+def run_steps(run: Run, learner: Learner, state: TrainState, clock: Clock, metrics: list[dict],
+              stop: StopSignal) -> str:
+    """Optimizer steps from `state.step` to the plan's end: step, evaluate, log, checkpoint; returns "done", or
+    "early" (early stopping) or "stopped" (a stop signal: the step finished and checkpointed)."""
     from tqdm.auto import tqdm
 
     training, total_steps = run.training, run.plan.total_steps
@@ -210,11 +231,16 @@ def run_steps(run: Run, learner: Learner, state: TrainState, clock: Clock, metri
             progress.update(1)
             patience = training.early_stopping_patience
             stopped_early = bool(test_now is not None and patience and state.evals_without_improvement >= patience)
-            if training.save_every_steps and (done % training.save_every_steps == 0 or stopped_early):
+            saved = bool(training.save_every_steps and (done % training.save_every_steps == 0 or stopped_early))
+            if saved:
                 checkpoint(run, learner, state, clock)
             if stopped_early:
-                return True
-    return False
+                return "early"
+            if done < total_steps and stop.agreed(run.runtime):
+                if not saved:
+                    checkpoint(run, learner, state, clock)
+                return "stopped"
+    return "done"
 
 
 def train_step(run: Run, learner: Learner, step: int, state: TrainState, clock: Clock) -> tuple[float, float]:
@@ -283,6 +309,10 @@ def log_metrics(run: Run, metrics: list[dict], line: dict) -> None:
     if run.runtime.is_main:
         with writing(f"metrics {run.paths.metrics}", checkpoint_note(run.paths)):
             append_jsonl(run.paths.metrics, line)
+            if run.on_log is not None:
+                run.on_log(line)
+            if run.status is not None:
+                run.status.write("running", line["step"])
             if "test_loss" in line and run.on_metrics is not None:
                 run.on_metrics(run.paths, metrics)
 
@@ -340,6 +370,8 @@ def final_evaluation(run: Run, learner: Learner, state: TrainState, clock: Clock
         if run.runtime.is_main:
             with writing(f"metrics {run.paths.metrics}", checkpoint_note(run.paths)):
                 append_jsonl(run.paths.metrics, metrics[-1])
+                if run.on_log is not None:
+                    run.on_log(metrics[-1])
     return loss
 
 

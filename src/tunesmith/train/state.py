@@ -95,3 +95,5 @@ class TrainResult:
     summary: dict = field(default_factory=dict)
     model: object = field(default=None, repr=False, compare=False)
     """The trained model in memory (merged when `merge_lora`), so callers can use it without reloading."""
+    stopped: bool = False
+    """Stopped on request (SIGTERM/SIGINT) before the end: the latest checkpoint holds it, no model was saved."""
