@@ -114,6 +114,11 @@ class RunPaths:
         return self.root / "data_stats.json"
 
     @property
+    def rejected(self) -> Path:
+        """The invalid records preparation skipped, one JSON line each: where, reason and the raw record."""
+        return self.root / "rejected.jsonl"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 

@@ -94,7 +94,7 @@ def files(draw):
 
 
 configs = st.builds(DataConfig, shape=st.sampled_from(["auto", *CONVERTERS]),
-                    on_error=st.sampled_from(["fail", "skip"]),
+                    on_error=st.sampled_from(["auto", "fail", "skip"]),
                     max_record_bytes=st.sampled_from([50, 1_000, 1_000_000]),
                     prompt_key=st.sampled_from([None, "question", "text"]),
                     messages_key=st.sampled_from([None, "conversations"]))
@@ -118,7 +118,8 @@ def _check_load(suffix: str, data: bytes, config: DataConfig) -> None:
         # Every record can be saved as UTF-8 (prepared splits) and so tokenized.
         for record in loaded.records:
             json.dumps(record_to_dict(record), ensure_ascii=False).encode("utf-8")
-        assert config.on_error == "skip" or not loaded.skipped
+        assert config.on_error != "fail" or not loaded.skipped
+        assert config.on_error != "auto" or len(loaded.skipped) * 100 <= loaded.total
 
 
 def _check_convert(row: dict, shape: str, config: DataConfig) -> None:

@@ -1,4 +1,5 @@
-"""load_records: one problem per bad record with file, line and field; fail lists them all, skip drops them."""
+"""load_records: one problem per bad record with file, line and field; auto skips up to 1%, fail lists them all,
+skip drops them; grouped problems for inspect."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from tunesmith.config import DataConfig
 from tunesmith.data import Record, check_record, load_records
 from tunesmith.data.records import Message
-from tunesmith.errors import DataError
+from tunesmith.data.validate import group_problems, is_small_share, on_error_outcome
+from tunesmith.errors import DataError, DataProblem
 
 SHAPES = Path(__file__).parents[2] / "examples" / "shapes"
 BROKEN = SHAPES / "broken.jsonl"
@@ -115,3 +117,76 @@ class TestCheckRecord:
     ])
     def test_good_records_pass(self, record):
         assert check_record(record) == []
+
+
+def write_dirty(path: Path, good: int, bad: int, bad_every: int | None = None) -> Path:
+    """`good` question/answer records with `bad` blank ones spread among them."""
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(good)]
+    step = bad_every or max(1, good // max(bad, 1))
+    for n in range(bad):
+        rows.insert(min(len(rows), (n + 1) * step), {"question": "", "answer": ""})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class TestOnErrorAuto:
+    def test_one_percent_exactly_is_skipped_and_kept_with_its_raw_row(self, tmp_path):
+        path = write_dirty(tmp_path / "d.jsonl", good=99, bad=1)
+        loaded = load_records(path, DataConfig())
+        assert (len(loaded.records), len(loaded.skipped), loaded.total) == (99, 1, 100)
+        (rejected,) = loaded.rejected
+        line = loaded.skipped[0].line
+        assert rejected.to_dict() == {"where": f"{path}:{line}", "reason": "question: empty; expected the prompt text",
+                                      "record": {"question": "", "answer": ""}}
+
+    def test_just_above_one_percent_stops_and_says_why_and_how_to_go_on(self, tmp_path):
+        path = write_dirty(tmp_path / "d.jsonl", good=197, bad=2)  # 2 of 199: 1.005%
+        with pytest.raises(DataError) as info:
+            load_records(path, DataConfig())
+        message = str(info.value)
+        assert len(info.value.problems) == 2 and message.startswith("2 data problems:")
+        assert "2 of 199 records (1.0%) is more than the 1% data.on_error: auto skips" in message
+        assert "wrong key mapping" in message and "data.on_error: skip" in message
+
+    def test_skip_takes_any_share_and_fail_none(self, tmp_path):
+        path = write_dirty(tmp_path / "d.jsonl", good=10, bad=5)
+        assert len(load_records(path, DataConfig(on_error="skip")).skipped) == 5
+        one = write_dirty(tmp_path / "one.jsonl", good=999, bad=1)
+        with pytest.raises(DataError) as info:
+            load_records(one, DataConfig(on_error="fail"))
+        assert str(info.value).startswith(f"data error: {one}:")
+        assert "data.on_error: fail" in str(info.value) and "data.on_error: skip" in str(info.value)
+
+    def test_unreadable_rows_count_and_are_kept_without_a_record(self, tmp_path):
+        path = tmp_path / "d.jsonl"
+        path.write_text("".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(100))
+                        + "{oops\n")
+        loaded = load_records(path, DataConfig())
+        assert loaded.total == 101 and loaded.rejected[0].to_dict()["record"] is None
+        assert loaded.rejected[0].to_dict()["where"] == f"{path}:101"
+
+    @pytest.mark.parametrize("invalid,total,small", [(0, 1, True), (1, 100, True), (1, 99, False), (14, 1400, True),
+                                                     (15, 1400, False)])
+    def test_is_small_share(self, invalid, total, small):
+        assert is_small_share(invalid, total) is small
+
+
+class TestGroupProblems:
+    def test_by_kind_most_frequent_first_with_the_first_few_and_numbers_aside(self):
+        problems = [DataProblem("f", line, "answer", "empty; expected the answer text") for line in (4, 9, 12, 30, 31)]
+        problems += [DataProblem("f", 2, None, "invalid JSON: Expecting ',' delimiter (column 12)"),
+                     DataProblem("f", 7, None, "invalid JSON: Expecting ',' delimiter (column 80)")]
+        groups = group_problems(sorted(problems, key=lambda p: p.line))
+        assert [(g.kind, g.count) for g in groups] == [("answer: empty; expected the answer text", 5),
+                                                       ("invalid JSON: Expecting ',' delimiter (column 12)", 2)]
+        assert groups[0].examples == ["f:4", "f:9", "f:12"]
+        assert groups[1].examples == ["f:2", "f:7: invalid JSON: Expecting ',' delimiter (column 80)"]
+
+
+def test_on_error_outcome_says_what_training_does_and_the_way_on():
+    assert on_error_outcome("auto", 0, 10) == ""
+    assert "skips 1 of 1,400 records (0.1%)" in on_error_outcome("auto", 1, 1400)
+    assert "rejected.jsonl" in on_error_outcome("auto", 1, 1400)
+    assert on_error_outcome("auto", 2, 100).startswith("training stops: 2 of 100 records (2.0%)")
+    assert "--on-error skip" in on_error_outcome("fail", 1, 1400)
+    assert on_error_outcome("skip", 50, 100).startswith("training skips 50 of 100")

@@ -1,12 +1,57 @@
-"""`tunesmith data inspect FILE` (what a dataset looks like before training on it) and `data prepare CONFIG`."""
+"""`tunesmith data inspect FILE` (what a dataset looks like before training on it) and `data prepare CONFIG`.
+
+The flags' defaults and choices come from the config schema (`DataConfig`...), so they are written down once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import typing
 from pathlib import Path
 
-from tunesmith.cli import add_config_arguments
+from tunesmith.cli import add_config_arguments, field_help
+
+KEY_PARTS = ("prompt", "input", "response", "system", "messages", "text")
+"""`--<part>-key` flags, one per `DataConfig.<part>_key`."""
+
+
+def _max_length(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
+def _add_inspect_flags(inspect: argparse.ArgumentParser) -> None:
+    from tunesmith.config import DataConfig, ModelConfig, TemplateConfig, TokenizationConfig
+
+    data = DataConfig.model_fields
+    inspect.add_argument("--model", default=ModelConfig.model_fields["name"].default,
+                         help="model whose tokenizer measures lengths " + _default(ModelConfig, "name"))
+    inspect.add_argument("--max-length", type=_max_length, metavar="N",
+                         default=TokenizationConfig.model_fields["max_length"].default,
+                         help=field_help(TokenizationConfig, "max_length"))
+    inspect.add_argument("--template", default=TemplateConfig.model_fields["name"].default,
+                         choices=typing.get_args(TemplateConfig.model_fields["name"].annotation),
+                         help="template lengths are measured with " + _default(TemplateConfig, "name"))
+    inspect.add_argument("--plot", default=None, metavar="PATH",
+                         help="where to write the length histogram PNG (default: ./<file stem>_lengths.png)")
+    inspect.add_argument("--no-plot", action="store_true", help="do not write the histogram")
+    inspect.add_argument("--shape", default=data["shape"].default, help=field_help(DataConfig, "shape"))
+    for part in KEY_PARTS:
+        inspect.add_argument(f"--{part}-key", default=None, metavar="KEY",
+                             help=field_help(DataConfig, f"{part}_key", show_default=False))
+    inspect.add_argument("--on-error", choices=typing.get_args(data["on_error"].annotation),
+                         default=data["on_error"].default,
+                         help=field_help(DataConfig, "on_error") + "; inspect reports every invalid record and "
+                              "exits 1 unless skip")
+    inspect.add_argument("--strip-template", choices=["auto", "true", "false"],
+                         default=str(data["strip_template"].default).lower(),
+                         help=field_help(DataConfig, "strip_template"))
+    inspect.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+
+def _default(section, key: str) -> str:
+    return f"(default: {section.model_fields[key].default})"
 
 
 def register(subparsers) -> None:
@@ -17,20 +62,7 @@ def register(subparsers) -> None:
         description="Load FILE (.jsonl, .json, .csv, .parquet or a datasets folder), detect its shape, measure "
                     "token lengths with the model's tokenizer and template, and report what training would see.")
     inspect.add_argument("file", metavar="FILE", help="data file or a folder saved by datasets")
-    inspect.add_argument("--model", default=None, help="model whose tokenizer measures lengths (default: the "
-                                                        "config default, smollm2-135m-instruct)")
-    inspect.add_argument("--max-length", type=int, default=None, metavar="N",
-                         help="report truncation at N tokens (default: auto, the p99 of total lengths)")
-    inspect.add_argument("--template", default=None, help="template lengths are measured with (default: auto)")
-    inspect.add_argument("--plot", default=None, metavar="PATH",
-                         help="where to write the length histogram PNG (default: ./<file stem>_lengths.png)")
-    inspect.add_argument("--no-plot", action="store_true", help="do not write the histogram")
-    inspect.add_argument("--shape", default="auto", help="record shape (default: detected from all records)")
-    for part in ("prompt", "input", "response", "system", "messages", "text"):
-        inspect.add_argument(f"--{part}-key", default=None, metavar="KEY", help=f"column holding the {part}")
-    inspect.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                         help="fail on invalid records (default) or skip them and count them")
-    inspect.add_argument("--json", action="store_true", help="print the full result as JSON")
+    _add_inspect_flags(inspect)
     inspect.set_defaults(handler=_inspect)
 
     prepare = actions.add_parser(
@@ -46,14 +78,11 @@ def _inspect(args: argparse.Namespace) -> int:
     from tunesmith import api
     from tunesmith.config import config_from_dict
 
-    keys = {f"{part}_key": getattr(args, f"{part}_key") for part in
-            ("prompt", "input", "response", "system", "messages", "text")}
-    raw = {"data": {"shape": args.shape, "on_error": args.on_error, **{k: v for k, v in keys.items() if v}},
-           "tokenization": {"max_length": args.max_length or "auto"}}
-    if args.model:
-        raw["model"] = {"name": args.model}
-    if args.template:
-        raw["template"] = {"name": args.template}
+    keys = {f"{part}_key": getattr(args, f"{part}_key") for part in KEY_PARTS}
+    raw = {"data": {"shape": args.shape, "on_error": args.on_error, "strip_template": args.strip_template,
+                    **{k: v for k, v in keys.items() if v}},
+           "tokenization": {"max_length": args.max_length}, "model": {"name": args.model},
+           "template": {"name": args.template}}
     config = config_from_dict(raw, source="command line")
     plot = None if args.no_plot else args.plot or f"{Path(args.file.rstrip('/')).stem}_lengths.png"
     result = api.inspect_data(args.file, config.data, config.model, config.template, config.tokenization, plot)
@@ -61,7 +90,12 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
         print(format_inspection(result))
-    return 0
+    if result.is_clean:
+        return 0
+    count = len(result.skipped)
+    print(f"error: {count:,} of {result.records_read:,} records {'is' if count == 1 else 'are'} invalid (listed above "
+          f"with what training does with them); --on-error skip accepts them here", file=sys.stderr)
+    return 1
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -74,7 +108,9 @@ def _prepare(args: argparse.Namespace) -> int:
 def format_inspection(result) -> str:
     """The readable summary of an `api.inspect_data` result."""
     stats = result.stats
-    lines = [f"{result.file}: {stats.num_records:,} records",
+    invalid = len(result.skipped)
+    lines = [f"{result.file}: {stats.num_records:,} records"
+             + (f" ({invalid:,} invalid of {result.records_read:,}, listed at the end)" if invalid else ""),
              f"shape:      {result.shape} ({result.reason})",
              f"tokens:     measured with {result.model}, template {result.template}", ""]
     lines.append(f"{'tokens':<10}{'min':>8}{'median':>9}{'p95':>8}{'p99':>8}{'max':>8}{'mean':>9}")
@@ -95,19 +131,50 @@ def format_inspection(result) -> str:
     lines += [f"  exact:       {', '.join(group)}" for group in dup.exact_examples]
     lines += [f"  near:        {a} ~ {b} (similarity {sim})" for a, b, sim in dup.near_examples]
     lines += [f"  conflicting: {', '.join(group)}" for group in dup.conflicting_examples]
-    baked = stats.baked_templates
-    if baked.records:
-        markers = ", ".join(f"{m} x{n}" for m, n in baked.markers.items())
-        lines += ["", f"baked-in templates: {baked.records:,} records already contain template markers "
-                      f"({markers}); they would be templated twice: strip them, or use template none"]
-        lines += [f"  {example}" for example in baked.examples]
-    else:
-        lines += ["", "baked-in templates: none found"]
-    if result.skipped:
-        lines += ["", f"skipped: {len(result.skipped):,} invalid records (--on-error skip)"]
-        lines += [f"  {problem}" for problem in result.skipped[:10]]
-        if len(result.skipped) > 10:
-            lines.append(f"  ... and {len(result.skipped) - 10} more")
+    lines += _template_lines(result)
+    lines += _invalid_lines(result)
     if result.plot:
         lines += ["", f"plot:       {result.plot}"]
     return "\n".join(lines)
+
+
+def _template_lines(result) -> list[str]:
+    """The baked-in template: stripped (one record before and after), or still there and how to strip it."""
+    stripped, baked, lines = result.stripped, result.stats.baked_templates, [""]
+    if stripped and stripped.records:
+        from tunesmith.data.strip import FORM_LABELS
+
+        lines += [f"baked-in templates: stripped {FORM_LABELS[stripped.form]} from {stripped.records:,} of "
+                  f"{stripped.total:,} prompts (data.strip_template: {stripped.setting}), as prepare will; e.g. "
+                  f"{stripped.where}:",
+                  f"  before: {_clip(stripped.before)}", f"  after:  {_clip(stripped.after)}"]
+    if baked.records:
+        markers = ", ".join(f"{m} x{n}" for m, n in baked.markers.items())
+        strip = "data.strip_template: true strips them" if stripped and stripped.form else "strip them"
+        lines += [f"baked-in templates: {baked.records:,} records {'still ' if len(lines) > 1 else ''}contain "
+                  f"template markers ({markers}); they would be templated twice: {strip}, or use template none"]
+        lines += [f"  {example}" for example in baked.examples]
+    elif len(lines) == 1:
+        lines.append("baked-in templates: none found")
+    return lines
+
+
+def _clip(text: str, width: int = 100) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= width else shown[:width - 3] + "..."
+
+
+def _invalid_lines(result) -> list[str]:
+    """Every invalid record grouped by kind (the first few of each), then what training does with them."""
+    if not result.invalid:
+        return []
+    count, read = len(result.skipped), result.records_read
+    head = (f"skipped: {count:,} invalid records of {read:,}" if result.on_error == "skip"
+            else f"invalid records: {count:,} of {read:,}")
+    lines = ["", f"{head} ({count / read:.1%}), by kind:"]
+    for group in result.invalid:
+        lines.append(f"  {group.count:>6,} x {group.kind}")
+        lines += [f"           {example}" for example in group.examples]
+        if group.count > len(group.examples):
+            lines.append(f"           ... and {group.count - len(group.examples):,} more")
+    return lines + [result.invalid_outcome]

@@ -49,7 +49,9 @@ def _print_pipeline(result) -> None:
 def _run(args: argparse.Namespace) -> int:
     from tunesmith import api
 
-    _print_pipeline(api.run_pipeline(args.config, args.overrides, resume=args.resume))
+    from tunesmith.cli.train import print_notes
+
+    _print_pipeline(api.run_pipeline(args.config, args.overrides, resume=args.resume, on_prepared=print_notes))
     return 0
 
 

@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 
 from tunesmith.data.lengths import kept_window
 from tunesmith.data.records import Record, prompt_key
+from tunesmith.data.strip import (BOS, EOS, IM_END, IM_START, INST_CLOSE, INST_OPEN, SECTION_NAMES, SYS_OPEN,
+                                  Stripped, section)
+from tunesmith.data.validate import ProblemGroup
 from tunesmith.data.text import percentile, words
 
 EXAMPLES_SHOWN = 5
@@ -26,20 +29,20 @@ NEAR_DUPLICATE_JACCARD = 0.9
 """Word-trigram Jaccard similarity from which two examples count as near duplicates."""
 
 TEMPLATE_MARKERS: dict[str, re.Pattern] = {
-    "### <Section>:": re.compile(r"###\s*(Instruction|Input|Response|Question|Answer|Human|Assistant|System)\s*:",
-                                 re.IGNORECASE),
-    "<|im_start|>": re.compile(re.escape("<|im_start|>")),
-    "<|im_end|>": re.compile(re.escape("<|im_end|>")),
-    "[INST]": re.compile(r"\[/?INST\]"),
-    "<<SYS>>": re.compile(re.escape("<<SYS>>")),
+    "### <Section>:": re.compile(section(*SECTION_NAMES), re.IGNORECASE),
+    "<|im_start|>": re.compile(IM_START),
+    "<|im_end|>": re.compile(IM_END),
+    "[INST]": re.compile(f"{INST_OPEN}|{INST_CLOSE}"),
+    "<<SYS>>": re.compile(SYS_OPEN),
     "<|user|>/<|assistant|>": re.compile(r"<\|(user|assistant|system)\|>"),
     "<|start_header_id|>": re.compile(r"<\|(start_header_id|eot_id|begin_of_text)\|>"),
     "<start_of_turn>": re.compile(r"<(start|end)_of_turn>"),
     "<|endoftext|>": re.compile(re.escape("<|endoftext|>")),
-    "<s>/</s>": re.compile(r"</?s>"),
+    "<s>/</s>": re.compile(f"{BOS}|{EOS}"),
     "Human:/Assistant:": re.compile(r"^(Human|Assistant):", re.MULTILINE),
 }
-"""Signs that a prompt was already formatted with some template (it would be templated twice)."""
+"""Signs that a prompt was already formatted with some template (it would be templated twice); the forms that
+`tunesmith.data.strip` can remove are built from the same atoms."""
 
 _ANY_MARKER = re.compile("|".join(f"(?:{p.pattern})" for p in TEMPLATE_MARKERS.values()), re.IGNORECASE | re.MULTILINE)
 
@@ -115,7 +118,7 @@ class DataInspection:
     shape: str
     reason: str
     skipped: list[str]
-    """Every invalid record dropped (with `on_error: skip`), as `file:line: field: message`."""
+    """Every invalid record, as `file:line: field: message` (the statistics are of the valid ones)."""
     model: str
     template: str
     """Template the token lengths were measured with (resolved from `auto`)."""
@@ -126,6 +129,21 @@ class DataInspection:
     """Where the length histogram PNG was written, if one was asked for."""
     total_lengths: list[int] = field(default_factory=list, repr=False)
     """Tokens per record (prompt + response), for the histogram; not in `to_dict()`, which stays small."""
+    records_read: int = 0
+    """Records in the file, valid and invalid."""
+    invalid: list[ProblemGroup] = field(default_factory=list)
+    """The invalid records grouped by kind of problem, most frequent first."""
+    on_error: str = "auto"
+    """`data.on_error` the report was made for: what training would do is `invalid_outcome`."""
+    invalid_outcome: str = ""
+    """What training does with the invalid records under `on_error`, and the way on; empty when there are none."""
+    stripped: Stripped | None = None
+    """The baked-in template found in the prompts, and whether it was stripped (the statistics are after it)."""
+
+    @property
+    def is_clean(self) -> bool:
+        """True when no record is invalid, or when the user accepts skipping them (`on_error: skip`)."""
+        return not self.invalid or self.on_error == "skip"
 
     def to_dict(self) -> dict:
         data = asdict(self)

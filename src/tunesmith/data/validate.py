@@ -1,12 +1,14 @@
 """From a user's file to validated canonical records: read, detect the shape, convert, check, report.
 
 `load_records` is the one entry point the rest of tunesmith uses. Every problem names file, line, field
-and what was expected; with `on_error: fail` all of them are raised together, with `skip` the bad records
-are dropped and returned so the caller can say how many.
+and what was expected. `data.on_error` decides what invalid records do: `auto` skips them when they are at most
+1% of the file (dirt) and stops above that (a wrong key mapping, most likely), `fail` stops on any, `skip` drops
+any number; skipped records come back with their raw rows so the caller can keep them (`rejected.jsonl`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,26 @@ from tunesmith.data.load import read_rows
 from tunesmith.data.records import Record
 from tunesmith.data.shapes import DEFAULT_COLUMNS, Columns, columns_for, convert, detect_shape
 from tunesmith.errors import DataError, DataProblem
+
+AUTO_SKIP_PERCENT = 1
+"""`on_error: auto` skips invalid records up to this share of the file (in percent) and stops above it."""
+
+EXAMPLES_PER_KIND = 3
+"""Invalid records shown for each kind of problem (all are counted)."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One invalid record: its problem and the row as read (None when the row itself was unreadable)."""
+
+    problem: DataProblem
+    row: object = None
+
+    def to_dict(self) -> dict:
+        """The line `rejected.jsonl` keeps: where, why, and the raw record."""
+        p = self.problem
+        where = p.file if p.line is None else f"{p.file}:{p.line}"
+        return {"where": where, "reason": f"{p.field}: {p.message}" if p.field else p.message, "record": self.row}
 
 
 @dataclass
@@ -26,6 +48,86 @@ class LoadedData:
     reason: str
     skipped: list[DataProblem] = field(default_factory=list)
     file: str = ""
+    rejected: list[Rejected] = field(default_factory=list)
+    """The skipped records with their raw rows, in the order of `skipped`."""
+
+    @property
+    def total(self) -> int:
+        """Records in the file, valid and invalid."""
+        return len(self.records) + len(self.skipped)
+
+
+@dataclass(frozen=True)
+class ProblemGroup:
+    """Invalid records with the same kind of problem: how many, and the first few."""
+
+    kind: str
+    count: int
+    examples: list[str]
+    """The first records: their location, plus the problem's own words where they differ from `kind`."""
+
+
+def group_problems(problems: list[DataProblem], shown: int = EXAMPLES_PER_KIND) -> list[ProblemGroup]:
+    """Problems grouped by kind (field and message, numbers aside), most frequent first; a kind is named by
+    its first problem's words.
+
+    >>> [(g.kind, g.count, g.examples) for g in group_problems([DataProblem("f", 1, "answer", "empty"),
+    ...                                                         DataProblem("f", 9, "answer", "empty")])]
+    [('answer: empty', 2, ['f:1', 'f:9'])]
+    """
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for p in problems:
+        text = f"{p.field}: {p.message}" if p.field else p.message
+        where = p.file if p.line is None else f"{p.file}:{p.line}"
+        # messages[1] and messages[3], column 12 and column 80: the same kind of problem
+        groups.setdefault(re.sub(r"\d+", "N", text), []).append((where, text))
+    groups = dict(sorted(groups.items(), key=lambda item: -len(item[1])))
+    return [ProblemGroup(found[0][1], len(found), [where if text == found[0][1] else f"{where}: {text}"
+                                                   for where, text in found[:shown]])
+            for found in groups.values()]
+
+
+def is_small_share(invalid: int, total: int) -> bool:
+    """True when `invalid` of `total` records is at most `AUTO_SKIP_PERCENT` (what `on_error: auto` skips).
+
+    >>> is_small_share(1, 100), is_small_share(2, 199)
+    (True, False)
+    """
+    return invalid * 100 <= AUTO_SKIP_PERCENT * total
+
+
+def _share(invalid: int, total: int) -> str:
+    return f"{invalid:,} of {total:,} records ({invalid / total:.1%})" if total else f"{invalid:,} records"
+
+
+def on_error_outcome(on_error: str, invalid: int, total: int) -> str:
+    """What training does with `invalid` of `total` records under `on_error`, and the way on ("" when none).
+
+    >>> on_error_outcome("auto", 1, 1400)[:62]
+    'training skips 1 of 1,400 records (0.1%): data.on_error: auto '
+    """
+    if not invalid:
+        return ""
+    share = _share(invalid, total)
+    if on_error == "skip":
+        return f"training skips {share} (data.on_error: skip) and keeps them in runs/<name>/rejected.jsonl"
+    if on_error == "auto" and is_small_share(invalid, total):
+        return (f"training skips {share}: data.on_error: auto (the default) skips up to {AUTO_SKIP_PERCENT}% and "
+                f"keeps them in runs/<name>/rejected.jsonl; fix them, or accept them here with --on-error skip")
+    if on_error == "auto":
+        return (f"training stops: {share} is more than the {AUTO_SKIP_PERCENT}% data.on_error: auto skips, "
+                f"which usually means a wrong key mapping (data.shape, data.prompt_key, data.response_key), "
+                f"not dirt; fix the mapping, or skip them anyway with data.on_error: skip "
+                f"(--set data.on_error=skip; --on-error skip for data inspect)")
+    return (f"training stops on {share} (data.on_error: fail); to train on the valid ones set data.on_error: skip, "
+            f"or auto to skip up to {AUTO_SKIP_PERCENT}% (--set data.on_error=skip; --on-error skip for data inspect)")
+
+
+def _error_with_way_on(problems: list[DataProblem], way_on: str) -> DataError:
+    """A DataError listing every problem, as `DataError` does, and then saying how to go on."""
+    error = DataError(problems)
+    error.args = (f"{error.args[0]}\n{way_on}",)
+    return error
 
 
 def check_record(record: Record, columns: Columns | None = None) -> list[DataProblem]:
@@ -67,45 +169,60 @@ def check_record(record: Record, columns: Columns | None = None) -> list[DataPro
 
 
 def to_records(rows: list, shape: str, columns: Columns, file: str,
-               lines: list[int]) -> tuple[list[Record], list[DataProblem]]:
-    """Convert and check raw rows (with their line numbers); every failing row gives exactly one problem."""
-    records, problems = [], []
+               lines: list[int]) -> tuple[list[Record], list[Rejected]]:
+    """Convert and check raw rows (with their line numbers); every failing row gives exactly one rejection."""
+    records, rejected = [], []
     for row, line in zip(rows, lines):
         try:
             record = convert(row, shape, columns, file, line)
         except DataError as e:
-            problems.extend(e.problems)
+            rejected.extend(Rejected(problem, row) for problem in e.problems[:1])
             continue
         found = check_record(record, columns)
         if found:
-            problems.append(found[0])
+            rejected.append(Rejected(found[0], row))
         else:
             records.append(record)
-    return records, problems
+    return records, rejected
+
+
+def read_records(path: str | Path, data: DataConfig) -> LoadedData:
+    """Every valid record of a data file and every invalid one, whatever `data.on_error` says (`data inspect`).
+
+    Raises:
+        DataError: the file is unreadable, its shape unknown, or no record in it is valid.
+    """
+    file = str(path)
+    raw = read_rows(path, data.max_record_bytes)
+    rejected = [Rejected(r.problem) for r in raw if r.problem is not None]
+    good = [r for r in raw if r.problem is None]
+    if not good:
+        raise DataError([r.problem for r in rejected]
+                        or [DataProblem(file, None, None, "no records to read (the file is empty)")])
+    shape, reason = detect_shape([r.data for r in good], data, file=file)
+    records, bad = to_records([r.data for r in good], shape, columns_for(shape, data), file, [r.line for r in good])
+    rejected = sorted(rejected + bad, key=lambda r: r.problem.line or 0)
+    problems = [r.problem for r in rejected]
+    if not records:
+        raise _error_with_way_on(problems, f"none of the {len(problems):,} records is valid: check data.shape and "
+                                           f"the key settings (data.prompt_key, data.response_key, ...)")
+    return LoadedData(records=records, shape=shape, reason=reason, skipped=problems, file=file, rejected=rejected)
 
 
 def load_records(path: str | Path, data: DataConfig) -> LoadedData:
-    """Read a data file into validated canonical records.
+    """Read a data file into validated canonical records, invalid ones handled as `data.on_error` says.
 
     >>> # qa.jsonl: {"question": "2+2?", "answer": "4"}
     >>> # load_records("qa.jsonl", DataConfig()) -> LoadedData(records=[Record(..., prompt="2+2?", response="4")],
     >>> #     shape="qa", reason="1 of 1 records have question/answer keys", skipped=[])
 
     Raises:
-        DataError: the file is unreadable or its shape unknown; with `on_error: fail`, any invalid record
-            (every problem listed); with `skip`, when no valid record is left.
+        DataError: the file is unreadable or its shape unknown; no valid record is left; any invalid record with
+            `on_error: fail`, more than 1% of them with `auto` (every problem listed, then the way on).
     """
-    file = str(path)
-    raw = read_rows(path, data.max_record_bytes)
-    problems = [r.problem for r in raw if r.problem is not None]
-    good = [r for r in raw if r.problem is None]
-    if not good:
-        raise DataError(problems or [DataProblem(file, None, None, "no records to read (the file is empty)")])
-    shape, reason = detect_shape([r.data for r in good], data, file=file)
-    records, bad = to_records([r.data for r in good], shape, columns_for(shape, data), file, [r.line for r in good])
-    problems = sorted(problems + bad, key=lambda p: p.line or 0)
-    if problems and data.on_error == "fail":
-        raise DataError(problems)
-    if not records:
-        raise DataError(problems)
-    return LoadedData(records=records, shape=shape, reason=reason, skipped=problems, file=file)
+    loaded = read_records(path, data)
+    invalid = len(loaded.skipped)
+    stops = data.on_error == "fail" or (data.on_error == "auto" and not is_small_share(invalid, loaded.total))
+    if invalid and stops:
+        raise _error_with_way_on(loaded.skipped, on_error_outcome(data.on_error, invalid, loaded.total))
+    return loaded

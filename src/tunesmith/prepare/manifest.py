@@ -47,6 +47,18 @@ class TokenCounts(_Part):
     loss: int
 
 
+class StrippedTemplate(_Part):
+    """A template that was baked into the prompts and removed before templating (`data.strip_template`)."""
+
+    form: str
+    """Which one: qa, alpaca, chatml or inst (`tunesmith.data.strip.STRIPPERS`); prompts sent to the trained model
+    in the same form can be stripped the same way (`tunesmith.data.strip.strip_prompt`)."""
+    records: int
+    """Training-file records it was removed from."""
+    setting: str
+    """`data.strip_template` that removed it: auto or true."""
+
+
 class Manifest(_Part):
     """`prepared/manifest.json`: the resolved preparation of a run."""
 
@@ -69,6 +81,10 @@ class Manifest(_Part):
     dropped: list[dict] = []
     """The first examples dropped for having no answer token left, each with split, where and reason."""
     skipped_invalid: list[str] = []
+    stripped_template: StrippedTemplate | None = None
+    """The baked-in template removed from the prompts; None when none was (and in older manifests)."""
+    warnings: list[str] = []
+    """What the preparation warned about (skipped invalid records), shown again whenever it is reused."""
     created: str
 
     def to_dict(self) -> dict:

@@ -1,7 +1,9 @@
 """Prepare: from the user's file to tokenized, masked train/test splits in the run folder.
 
-The steps, in order: load records, split (or load `data.test_path`), load the tokenizer, resolve the template,
-measure lengths, resolve `max_length`, encode, drop examples with nothing left to learn, save. Everything
+The steps, in order: load records (invalid ones skipped or refused as `data.on_error` says, the skipped kept in
+`<run>/rejected.jsonl`), strip a baked-in template (`data.strip_template`), split (or load `data.test_path`), load
+the tokenizer, resolve the template, measure lengths, resolve `max_length`, encode, drop examples with nothing left
+to learn, save. Everything
 goes into `<run>/prepared/` at once (built in a temporary folder, renamed into place), together with a
 manifest whose hashes tell a later run whether the same inputs would give the same result, so re-running
 reuses the prepared data instead of redoing it.
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING
 from tunesmith.config import (DataConfig, ModelConfig, SplitConfig, TemplateConfig, TokenizationConfig,
                               config_hash)
 from tunesmith.data import LoadedData, Record, load_records, prompt_key, record_to_dict
+from tunesmith.data.strip import FORM_LABELS, Stripped, strip_record, strip_templates
+from tunesmith.data.validate import AUTO_SKIP_PERCENT, Rejected
 from tunesmith.errors import ConfigError, DataError, RunError
 from tunesmith.prepare.manifest import MANIFEST_VERSION, Manifest
 from tunesmith.prepare.templates import jinja_source
@@ -26,10 +30,14 @@ from tunesmith.runs import RunPaths, file_sha256
 if TYPE_CHECKING:
     from tunesmith.prepare.tokenization import Measured
 
-__all__ = ["Manifest", "PrepareResult", "check_data_paths", "load_prepared", "prepare", "preparation_hash"]
+__all__ = ["Manifest", "PrepareResult", "check_data_paths", "load_prepared", "prepare", "preparation_hash",
+           "strip_setting"]
 
 DROPPED_LISTED = 100
 """Dropped examples named one by one in the manifest (all are counted)."""
+
+SKIPPED_SHOWN = 5
+"""Skipped records the warning names (all are in rejected.jsonl)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,16 @@ class PrepareResult:
     paths: RunPaths
     manifest: Manifest
     reused: bool
+
+    def notes(self) -> list[str]:
+        """What training should tell the user before it starts: the warnings, and a stripped template."""
+        m = self.manifest
+        lines = [f"warning: {w}" for w in m.warnings]
+        if m.stripped_template:
+            lines.append(f"stripped the baked-in {FORM_LABELS[m.stripped_template.form]} template from "
+                         f"{m.stripped_template.records:,} of {m.counts.records:,} prompts "
+                         f"(data.strip_template: {m.stripped_template.setting})")
+        return lines
 
     def summary_lines(self) -> list[str]:
         """What a person wants to know after preparing, one fact per line."""
@@ -53,8 +71,7 @@ class PrepareResult:
             f"max_length: {m.max_length} ({m.max_length_setting}; model context {m.model_context}), "
             f"{counts.truncated} examples truncated",
         ]
-        if counts.skipped_invalid:
-            lines.append(f"skipped {counts.skipped_invalid} invalid records (data.on_error=skip)")
+        lines += self.notes()
         if counts.dropped:
             lines.append(f"dropped {counts.dropped} examples with no answer token left after truncation "
                          f"(listed in {self.paths.manifest.name}); raise tokenization.max_length to keep them")
@@ -114,12 +131,48 @@ def _reusable(paths: RunPaths, sources: dict, prep_hash: str) -> Manifest | None
     return manifest if same and complete else None
 
 
-def _split(loaded: LoadedData, data: DataConfig, split: SplitConfig) -> tuple[list[Record], list[Record]]:
-    from tunesmith.prepare.split import split_records
+def strip_setting(setting: bool | str, template_name: str) -> bool | str:
+    """`data.strip_template` as it applies under a template: `auto` keeps baked markers with template `none`,
+    which trains on the prompts exactly as written.
 
-    if data.test_path:
-        return loaded.records, load_records(data.test_path, data).records
-    return split_records(loaded.records, split)
+    >>> strip_setting("auto", "none"), strip_setting("auto", "chat"), strip_setting(True, "none")
+    (False, 'auto', True)
+    """
+    return False if setting == "auto" and template_name == "none" else setting
+
+
+def _strip(loaded: LoadedData, test: LoadedData | None, data: DataConfig,
+           template: TemplateConfig) -> tuple[list[Record], list[Record] | None, Stripped]:
+    """The records without a baked-in template; a test file loses the form the training file lost."""
+    records, stripped = strip_templates(loaded.records, strip_setting(data.strip_template, template.name))
+    if test is None:
+        return records, None, stripped
+    return records, [strip_record(r, stripped.form) if stripped.records else r for r in test.records], stripped
+
+
+def _skipped_warning(rejected: list[Rejected], total: int, on_error: str, path: Path) -> list[str]:
+    """The one warning about skipped invalid records: how many, why, where they are kept, the first few."""
+    if not rejected:
+        return []
+    count = len(rejected)
+    why = f"data.on_error: auto skips up to {AUTO_SKIP_PERCENT}%" if on_error == "auto" else "data.on_error: skip"
+    lines = [f"skipped {count:,} invalid record{'s' if count > 1 else ''} of {total:,} ({why}), kept in {path}:"]
+    lines += [f"  {r.problem}" for r in rejected[:SKIPPED_SHOWN]]
+    if count > SKIPPED_SHOWN:
+        lines.append(f"  ... and {count - SKIPPED_SHOWN:,} more")
+    return ["\n".join(lines)]
+
+
+def _write_rejected(path: Path, rejected: list[Rejected]) -> None:
+    """`rejected.jsonl` with one line per skipped record; an old one goes when nothing was skipped this time."""
+    from tunesmith.runs import atomic_write_text
+
+    if not rejected:
+        path.unlink(missing_ok=True)
+        return
+    # default=str: Parquet and datasets rows may hold dates or bytes, which JSON has no type for.
+    atomic_write_text(path, "".join(json.dumps(r.to_dict(), ensure_ascii=False, default=str) + "\n"
+                                    for r in rejected))
 
 
 def _encode_split(records: list[Record], tokenized: list, tokenization: TokenizationConfig, max_length: int,
@@ -178,8 +231,16 @@ def prepare(paths: RunPaths, model: ModelConfig, data: DataConfig, template: Tem
     if manifest is not None:
         return PrepareResult(paths, manifest, reused=True)
 
+    from tunesmith.prepare.split import split_records
+
     loaded = load_records(data.path, data)
-    train, test = _split(loaded, data, split)
+    test_loaded = load_records(data.test_path, data) if data.test_path else None
+    records, test_records, stripped = _strip(loaded, test_loaded, data, template)
+    rejected = loaded.rejected + (test_loaded.rejected if test_loaded else [])
+    _write_rejected(paths.rejected, rejected)
+    warnings = _skipped_warning(rejected, loaded.total + (test_loaded.total if test_loaded else 0), data.on_error,
+                                paths.rejected)
+    train, test = (records, test_records) if test_records is not None else split_records(records, split)
     if not train:
         raise DataError("no valid records to train on", file=data.path)
     measured = tokenize_for_model(train + test, model, template, tokenization)
@@ -187,7 +248,8 @@ def prepare(paths: RunPaths, model: ModelConfig, data: DataConfig, template: Tem
     encoded = {"train": _encode_split(train, measured.tokenized[:len(train)], tokenization, max_length, "train"),
                "test": _encode_split(test, measured.tokenized[len(train):], tokenization, max_length, "test")}
     manifest = _manifest(sources, prep_hash, model, tokenization, loaded, measured, encoded,
-                         test_prompts_in_train=_test_prompts_in_train(train, test))
+                         test_prompts_in_train=_test_prompts_in_train(train, test),
+                         notes={"rejected": rejected, "stripped": stripped, "warnings": warnings})
     if not encoded["train"]["examples"]:
         raise ConfigError(f"no training example is left after truncation to max_length={max_length}: "
                           f"raise tokenization.max_length")
@@ -203,9 +265,14 @@ def _test_prompts_in_train(train: list[Record], test: list[Record]) -> int:
 
 
 def _manifest(sources: dict, prep_hash: str, model: ModelConfig, tokenization: TokenizationConfig,
-              loaded: LoadedData, measured: Measured, encoded: dict, test_prompts_in_train: int) -> Manifest:
-    """The typed manifest of one preparation: what was made from what, with every count."""
+              loaded: LoadedData, measured: Measured, encoded: dict, test_prompts_in_train: int,
+              notes: dict) -> Manifest:
+    """The typed manifest of one preparation: what was made from what, with every count.
+
+    `notes` holds what the data steps reported: `rejected` records, what was `stripped`, the `warnings`.
+    """
     dropped = encoded["train"]["dropped"] + encoded["test"]["dropped"]
+    stripped: Stripped = notes["stripped"]
     return Manifest.model_validate({
         "version": MANIFEST_VERSION,
         **sources,
@@ -220,7 +287,7 @@ def _manifest(sources: dict, prep_hash: str, model: ModelConfig, tokenization: T
         "train_on": tokenization.train_on,
         "counts": {
             "records": len(loaded.records),
-            "skipped_invalid": len(loaded.skipped),
+            "skipped_invalid": len(notes["rejected"]),
             "train": len(encoded["train"]["examples"]),
             "test": len(encoded["test"]["examples"]),
             "truncated": encoded["train"]["truncated"] + encoded["test"]["truncated"],
@@ -229,7 +296,10 @@ def _manifest(sources: dict, prep_hash: str, model: ModelConfig, tokenization: T
         },
         "tokens": {split: encoded[split]["tokens"] for split in ("train", "test")},
         "dropped": dropped[:DROPPED_LISTED],
-        "skipped_invalid": [str(p) for p in loaded.skipped[:DROPPED_LISTED]],
+        "skipped_invalid": [str(r.problem) for r in notes["rejected"][:DROPPED_LISTED]],
+        "stripped_template": ({"form": stripped.form, "records": stripped.records, "setting": stripped.setting}
+                              if stripped.records else None),
+        "warnings": notes["warnings"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
 
