@@ -72,5 +72,13 @@ class TrainingError(TunesmithError):
     """Training cannot go on (non-finite loss, no data left, disk full...)."""
 
 
+class TeacherError(TunesmithError):
+    """A data generator's teacher answered nothing usable: every request failed. `report` is the run's summary."""
+
+    def __init__(self, message: str, report: str = ""):
+        super().__init__(message)
+        self.report = report
+
+
 class GenerationError(TunesmithError):
     """A prompt cannot be answered as asked (too long for the context, bad generation options)."""

@@ -11,8 +11,11 @@ Modes:
 - error500: HTTP 500 every time; flaky: 500 then 429 (Retry-After: 0) then good, in turn;
 - badbody: HTTP 200 whose body is not JSON; unauthorized: HTTP 401;
 - slow: like good, after sleeping --delay seconds (also used with good-mode answers to slow a run down);
-- cutoff: a good self-instruct answer cut off inside its last task's output, finish_reason "length".
-GET /stats returns {"requests": N} (chat requests received); GET /v1/models lists one model.
+- cutoff: a good self-instruct answer cut off inside its last task's output, finish_reason "length";
+- maxtokens: like good, but a request asking for more than 300 `max_tokens` gets the 400 `tunesmith serve` sends
+  (OpenAI's error body, the maximum stated in the message); toolong: that 400 whatever is asked.
+GET /stats returns {"requests": N, "max_tokens": [...]} (chat requests received, the max_tokens each asked for);
+GET /v1/models lists one model.
 Only binds 127.0.0.1. Standard library only, so it starts in a fraction of a second.
 """
 
@@ -29,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SYLLABLES = ["ka", "lo", "mi", "ner", "tu", "sa", "bre", "dol", "fi", "gan", "hu", "jo", "pel", "qui", "ros",
              "tev", "ul", "vo", "wim", "zar", "en", "ob", "ix", "yal"]
+MAX_TOKENS = 300
+"""The server's limit in the maxtokens and toolong modes."""
 VERBS = ["Explain", "Describe", "Summarize", "List", "Compare", "Classify", "Rewrite", "Translate", "Outline",
          "Evaluate", "Name", "Suggest"]
 
@@ -37,12 +42,14 @@ class State:
     def __init__(self, mode: str, delay: float):
         self.mode, self.delay = mode, delay
         self.requests = 0
+        self.max_tokens: list[int | None] = []
         self.lock = threading.Lock()
         self.rng = random.Random(1234)
 
-    def next_request(self) -> int:
+    def next_request(self, max_tokens: int | None) -> int:
         with self.lock:
             self.requests += 1
+            self.max_tokens.append(max_tokens)
             return self.requests
 
     def words(self, count: int) -> list[str]:
@@ -122,7 +129,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/stats":
-            self._send(200, json.dumps({"requests": self.state.requests}).encode())
+            stats = {"requests": self.state.requests, "max_tokens": self.state.max_tokens}
+            self._send(200, json.dumps(stats).encode())
         elif self.path.rstrip("/").endswith("/models"):
             models = {"object": "list", "data": [{"id": "fake-teacher", "object": "model"}]}
             self._send(200, json.dumps(models).encode())
@@ -134,11 +142,15 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         if not self.path.endswith("/chat/completions"):
             return self._send(404, b'{"error": "not found"}')
-        number = self.state.next_request()
+        number = self.state.next_request(body.get("max_tokens"))
         prompt = body["messages"][-1]["content"]
         mode = self.state.mode
         if self.state.delay:
             time.sleep(self.state.delay)
+        if mode == "toolong" or (mode == "maxtokens" and (body.get("max_tokens") or 0) > MAX_TOKENS):
+            error = {"message": f"max_tokens={body.get('max_tokens')} is more than this server allows ({MAX_TOKENS})",
+                     "type": "invalid_request_error", "param": "max_tokens", "code": None}
+            return self._send(400, json.dumps({"error": error}).encode())
         if mode == "error500" or (mode == "flaky" and number % 3 == 1):
             return self._send(500, b'{"error": {"message": "internal error"}}')
         if mode == "flaky" and number % 3 == 2:
@@ -161,7 +173,8 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", default="good",
-                        choices=["good", "garbage", "error500", "flaky", "badbody", "unauthorized", "slow", "cutoff"])
+                        choices=["good", "garbage", "error500", "flaky", "badbody", "unauthorized", "slow", "cutoff",
+                                 "maxtokens", "toolong"])
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
     Handler.state = State(args.mode, args.delay)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tunesmith.config import SelfInstructConfig
-from tunesmith.datagen.filters import DuplicateFilter, RougeFilter, instruction_problem
+from tunesmith.datagen.filters import DuplicateFilter, RougeFilter, count_words, instruction_problem
 from tunesmith.datagen.parsing import Task
 
 
@@ -42,6 +42,23 @@ class TestRougeFilter:
     ])
     def test_instruction_problem(self, instruction, problem):
         assert instruction_problem(Task(instruction, "", "x"), SelfInstructConfig()) == problem
+
+    @pytest.mark.parametrize("instruction, problem", [
+        ("请列出三种保持健康的方法。", None),  # one "word" to str.split(): it used to be dropped as too short
+        ("日本の首都について簡単に説明してください。", None),
+        ("อธิบายการทำงานของหม้อต้มน้ำ", None),
+        ("排序。", "too_short"),
+        ("解释" * 80, "too_long"),
+    ])
+    def test_scripts_without_spaces_are_counted_by_character(self, instruction, problem):
+        assert instruction_problem(Task(instruction, "", "x"), SelfInstructConfig()) == problem
+
+    @pytest.mark.parametrize("instruction", [
+        "List three prime numbers above fifty.", "Sort 3, 1, 2.", "Rewrite: don't-stop (now)!", "x_y z",
+        "Опиши погоду в Москве зимой", "Explain " + "very " * 200 + "slowly.", "  Name   two\tcolours \n",
+    ])
+    def test_spaced_scripts_count_as_before(self, instruction):
+        assert count_words(instruction) == len(instruction.split())
 
 
     def test_near_duplicate_chinese_instructions_are_caught(self):

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from tunesmith import api
 from tunesmith.config import DataConfig, FromDocsConfig
 from tunesmith.data import load_records
 from tunesmith.datagen import from_docs
 from tunesmith.datagen.documents import collect_chunks
-from tunesmith.datagen.output import recover_jsonl
+from tunesmith.datagen.output import recover_jsonl, summary_path
+from tunesmith.errors import TeacherError
 
 from teacher_servers import DOCS, fake_teacher, kill_when, read_lines, start_cli, teacher_config, write_docs
 
@@ -64,12 +67,13 @@ class TestFromDocsLive:
         docs = write_docs(tmp_path / "docs", 2)
         with fake_teacher("slow", delay=3.0) as server:
             started = time.monotonic()
-            summary = api.generate_qa_from_docs(str(docs), str(out), teacher_config(server, max_retries=1,
-                                                                                     timeout_s=0.3),
-                                                FromDocsConfig(chunk_tokens=32), progress=False)
+            with pytest.raises(TeacherError, match="timed out after 0.3 s"):
+                api.generate_qa_from_docs(str(docs), str(out), teacher_config(server, max_retries=1, timeout_s=0.3),
+                                          FromDocsConfig(chunk_tokens=32), progress=False)
             assert time.monotonic() - started < 5
-        assert summary.failed_requests == 2 and summary.retries == 2 and summary.details["chunks_failed"] == 2
-        assert "timed out after 0.3 s" in summary.last_failure and summary.kept == 0
+        summary = json.loads(summary_path(out).read_text())
+        assert summary["failed_requests"] == 2 and summary["retries"] == 2 and summary["details"]["chunks_failed"] == 2
+        assert "timed out after 0.3 s" in summary["last_failure"] and summary["kept"] == 0
         with fake_teacher() as server:
             summary = api.generate_qa_from_docs(str(docs), str(out), teacher_config(server),
                                                 FromDocsConfig(chunk_tokens=32), progress=False)

@@ -15,7 +15,7 @@ from tunesmith.datagen.filters import RougeFilter
 from tunesmith.datagen.output import summary_path
 from tunesmith.datagen.parsing import Task
 from tunesmith.datagen.self_instruct import load_seed_tasks
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.errors import ConfigError, DataError, TeacherError
 
 from teacher_servers import SEEDS, fake_teacher, kill_when, read_lines, start_cli, teacher_config
 
@@ -93,14 +93,15 @@ class TestSelfInstructLive:
     def test_failing_teacher_is_retried_then_summarized(self, tmp_path, mode, reason):
         out = tmp_path / "gen.jsonl"
         with fake_teacher(mode) as server:
-            summary = api.generate_self_instruct(str(SEEDS), str(out), teacher_config(server),
-                                                 SelfInstructConfig(num_examples=50), progress=False)
+            with pytest.raises(TeacherError, match=rf"4 of 4 requests .* failed .*last failure: {reason}") as e:
+                api.generate_self_instruct(str(SEEDS), str(out), teacher_config(server),
+                                           SelfInstructConfig(num_examples=50), progress=False)
             # gives up after 4 failed requests in a row, each tried 1 + max_retries times
             assert server.requests() == 4 * 3
-        assert summary.failed_requests == 4 and summary.retries == 8 and summary.kept == 0
-        assert summary.stopped.startswith("gave up after 4 failed requests")
-        assert reason in summary.last_failure and "4 failed" in summary.text()
-        assert json.loads(summary_path(out).read_text())["failed_requests"] == 4
+        summary = json.loads(summary_path(out).read_text())
+        assert summary["failed_requests"] == 4 and summary["retries"] == 8 and summary["kept"] == 0
+        assert summary["stopped"].startswith("gave up after 4 failed requests")
+        assert reason in summary["last_failure"] and "4 failed" in e.value.report
 
     def test_garbage_answers_are_counted_not_fatal(self, tmp_path):
         out = tmp_path / "gen.jsonl"

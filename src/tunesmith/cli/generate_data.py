@@ -8,6 +8,7 @@ here. Each parses flags into config sections, calls one api function and prints 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import TYPE_CHECKING
 
 from tunesmith.cli import field_help
@@ -119,7 +120,8 @@ def main_self_instruct(argv: list[str]) -> int:
     options = _section(SelfInstructConfig, args, {k: k for k in ("num_examples", "tasks_per_request",
                                                                  "similarity_threshold", "max_requests", "seed")},
                        "self-instruct")
-    summary = api.generate_self_instruct(args.seeds, args.out, teacher, options, progress=not args.no_progress)
+    with _summary_on_failure():
+        summary = api.generate_self_instruct(args.seeds, args.out, teacher, options, progress=not args.no_progress)
     print(summary.text())
     return 0
 
@@ -133,6 +135,20 @@ def main_from_docs(argv: list[str]) -> int:
     teacher = _section(TeacherConfig, args, _TEACHER_KEYS, "teacher")
     options = _section(FromDocsConfig, args, {k: k for k in ("per_chunk", "chunk_tokens", "grade",
                                                              "similarity_threshold")}, "from-docs")
-    summary = api.generate_qa_from_docs(args.docs, args.out, teacher, options, progress=not args.no_progress)
+    with _summary_on_failure():
+        summary = api.generate_qa_from_docs(args.docs, args.out, teacher, options, progress=not args.no_progress)
     print(summary.text())
     return 0
+
+
+@contextlib.contextmanager
+def _summary_on_failure():
+    """A run the teacher answered nothing of still prints its summary; the CLI's handler then prints the error
+    (naming the last failure) and exits 1."""
+    from tunesmith.errors import TeacherError
+
+    try:
+        yield
+    except TeacherError as e:
+        print(e.report)
+        raise

@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Iterable
 
 from tunesmith.config import SelfInstructConfig
-from tunesmith.data.text import WordTokenizer
+from tunesmith.data.text import UNSPACED_SCRIPTS, WordTokenizer, words
 from tunesmith.datagen.parsing import Task
 
 
@@ -97,16 +97,29 @@ UNSUPPORTED_WORDS = re.compile(
 """Instructions about things a text-only model cannot see, make or do (Alpaca's blacklist idea)."""
 
 
+_UNSPACED = re.compile(f"[{UNSPACED_SCRIPTS}]")
+
+
+def count_words(text: str) -> int:
+    """Words of an instruction, as the length limits count them: whitespace-separated, except in scripts written
+    without spaces, where each character counts (one Chinese sentence is not one "word").
+
+    >>> count_words("List three prime numbers."), count_words("请列出三种方法。"), count_words("Sort 3, 1, 2.")
+    (4, 7, 4)
+    """
+    return len(words(text)) if _UNSPACED.search(text) else len(text.split())
+
+
 def instruction_problem(task: Task, options: SelfInstructConfig) -> str | None:
     """Why a generated task is not kept by the cheap filters (`too_short`, `too_long`, `unsupported`), or None.
 
     >>> instruction_problem(Task("Draw a map of Europe.", "", "..."), SelfInstructConfig())
     'unsupported'
     """
-    words = len(task.instruction.split())
-    if words < options.min_instruction_words:
+    count = count_words(task.instruction)
+    if count < options.min_instruction_words:
         return "too_short"
-    if words > options.max_instruction_words:
+    if count > options.max_instruction_words:
         return "too_long"
     if UNSUPPORTED_WORDS.search(task.instruction):
         return "unsupported"

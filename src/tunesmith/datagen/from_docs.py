@@ -15,6 +15,8 @@ from tunesmith.datagen.documents import Chunk, collect_chunks
 from tunesmith.datagen.filters import DuplicateFilter
 from tunesmith.datagen.output import (
     DatagenSummary,
+    append_record,
+    check_answered,
     progress_bar,
     recording_stop,
     recover_jsonl,
@@ -24,7 +26,6 @@ from tunesmith.datagen.output import (
 from tunesmith.datagen.parsing import parse_grades, parse_qa_pairs
 from tunesmith.datagen.teachers import Teacher, TeacherFailure, TeacherReply, give_up_after
 from tunesmith.errors import DataError
-from tunesmith.runs import append_jsonl
 
 QAPair = tuple[str, str]
 """(question, answer) as the teacher wrote them."""
@@ -91,6 +92,7 @@ def qa_from_docs(docs: str | Path, out: str | Path, teacher: Teacher, options: F
     Raises:
         DataError: no readable documents, or an `out` that is not a file this generator wrote.
         ConfigError: the teacher rejects the URL, key or model (HTTP 401/403/404).
+        TeacherError: requests failed and nothing was produced (the summary is saved first).
     """
     chunks = collect_chunks(docs, options.chunk_tokens)
     out = Path(out)
@@ -106,7 +108,7 @@ def qa_from_docs(docs: str | Path, out: str | Path, teacher: Teacher, options: F
     duplicates = DuplicateFilter(options.similarity_threshold, questions)
     failures_in_row = 0
     bar = progress_bar(len(chunks), len(chunks) - len(todo), "chunk", "from-docs", progress)
-    with recording_stop(summary, out, bar):
+    with recording_stop(summary, out, bar, teacher):
         for start in range(0, len(todo), teacher.concurrency):
             if failures_in_row >= give_up_after(teacher):
                 summary.stopped = f"gave up after {failures_in_row} failed requests in a row"
@@ -122,6 +124,7 @@ def qa_from_docs(docs: str | Path, out: str | Path, teacher: Teacher, options: F
                     _append_pairs(out, chunk, kept, teacher.name)
                     summary.kept += len(kept)
                 bar.update(1)
+    check_answered(summary)
     return summary
 
 
@@ -201,6 +204,6 @@ def _keep_pairs(pairs: list[QAPair], grades: list[bool | None] | None, options: 
 def _append_pairs(out: Path, chunk: Chunk, kept: list[QAPair], teacher_name: str) -> None:
     """Append one chunk's kept pairs; each says how many its chunk has, so resume can spot a cut-short group."""
     for number, (question, answer) in enumerate(kept, start=1):
-        append_jsonl(out, {"question": question, "answer": answer, "source": chunk.source, "chunk_id": chunk.id,
+        append_record(out, {"question": question, "answer": answer, "source": chunk.source, "chunk_id": chunk.id,
                            "provenance": {"teacher": teacher_name, "created": utc_now(), "pair": number,
                                           "pairs_in_chunk": len(kept)}})

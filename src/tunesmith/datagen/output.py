@@ -2,8 +2,9 @@
 
 Generation costs money and hours, so every record is appended as one whole line and fsynced; re-running the
 same command reads what is there (a torn last line from a crash is cut away), skips work already done and
-appends only what is missing. Whatever ends a run, `<out>.summary.json` says what it asked for, kept,
-dropped (and why) and cost.
+appends only what is missing. Whatever ends a run (done, an error, Ctrl-C, SIGTERM), `<out>.summary.json` says
+what it asked for, kept, dropped (and why) and cost. A signal never lands inside a line being written: it is
+held until that line is whole.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tunesmith.datagen.teachers import TeacherFailure, TeacherReply
-from tunesmith.errors import DataError
-from tunesmith.runs import atomic_write_json
+from tunesmith.datagen.teachers import Teacher, TeacherFailure, TeacherReply
+from tunesmith.errors import DataError, TeacherError
+from tunesmith.runs import append_jsonl, atomic_write_json
 
 
 def recover_jsonl(path: str | Path) -> list[dict]:
@@ -86,6 +89,7 @@ class DatagenSummary:
     completion_tokens: int = 0
     stopped: str = "done"
     last_failure: str | None = None
+    notes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
 
     def count(self, result: TeacherReply | TeacherFailure) -> None:
@@ -122,6 +126,7 @@ class DatagenSummary:
                  f"  stopped: {self.stopped}"]
         if self.last_failure:
             lines.append(f"  last failure: {self.last_failure}")
+        lines += [f"  note: {note}" for note in self.notes]
         lines.append(f"  summary: {summary_path(self.out)}")
         return "\n".join(lines)
 
@@ -155,17 +160,95 @@ def progress_bar(total: int, initial: int, unit: str, desc: str, enabled: bool):
     return tqdm(total=total, initial=min(initial, total), unit=unit, desc=desc, disable=not enabled)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a generator; a KeyboardInterrupt, so every Ctrl-C path handles both."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class _SignalGate:
+    """Turns SIGINT and SIGTERM into `Interrupted`, held back while a line is being written.
+
+    Python runs signal handlers between bytecodes, so a bare KeyboardInterrupt may land between a line's write
+    and its fsync; here a signal during `writing()` is remembered and raised once the line is whole.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self._writing = False
+        self._pending: str | None = None
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self._writing:
+            self._pending = name
+            return
+        raise Interrupted(name)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """The handlers for the length of a run; only the main thread may set them (elsewhere: unchanged)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    @contextlib.contextmanager
+    def writing(self):
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+        if self._pending is not None:
+            name, self._pending = self._pending, None
+            raise Interrupted(name)
+
+
+_GATE = _SignalGate()
+
+
+def append_record(out: str | Path, record: dict) -> None:
+    """Append one output line, whole: a SIGINT or SIGTERM arriving meanwhile is raised after it is fsynced."""
+    with _GATE.writing():
+        append_jsonl(out, record)
+
+
 @contextlib.contextmanager
-def recording_stop(summary: DatagenSummary, out: str | Path, bar):
-    """Whatever ends a generator (done, Ctrl-C, an error), the summary says so and is saved next to `out`."""
+def recording_stop(summary: DatagenSummary, out: str | Path, bar, teacher: Teacher):
+    """Whatever ends a generator (done, Ctrl-C, SIGTERM, an error), the summary says so and is saved next to `out`."""
     try:
-        yield
-    except KeyboardInterrupt:
-        summary.stopped = "interrupted (everything written so far is kept; run again to resume)"
+        with _GATE.installed():
+            yield
+    except KeyboardInterrupt as e:
+        by = f" by {e.signal_name}" if isinstance(e, Interrupted) else ""
+        summary.stopped = f"interrupted{by} (everything written so far is kept; run again to resume)"
         raise
     except BaseException as e:
         summary.stopped = f"error: {e}"
         raise
     finally:
         bar.close()
+        summary.notes = list(teacher.notes)
         save_summary(summary, out)
+
+
+def check_answered(summary: DatagenSummary) -> None:
+    """A run whose requests failed and that got nothing back must not end as if it had worked.
+
+    Raises:
+        TeacherError: requests failed and nothing was produced; names the last failure and the summary file.
+    """
+    if summary.failed_requests and not summary.produced:
+        raise TeacherError(f"{summary.failed_requests} of {summary.requests} requests to the teacher "
+                           f"{summary.teacher} failed and nothing was produced (last failure: "
+                           f"{summary.last_failure}); check that it is running and --teacher-url, --teacher-model "
+                           f"and --max-tokens (summary: {summary_path(summary.out)})", report=summary.text())

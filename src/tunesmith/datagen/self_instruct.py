@@ -15,11 +15,18 @@ from typing import Sequence
 
 from tunesmith.config import DataConfig, SelfInstructConfig
 from tunesmith.datagen.filters import DuplicateFilter, instruction_problem
-from tunesmith.datagen.output import DatagenSummary, progress_bar, recording_stop, recover_jsonl, utc_now
+from tunesmith.datagen.output import (
+    DatagenSummary,
+    append_record,
+    check_answered,
+    progress_bar,
+    recording_stop,
+    recover_jsonl,
+    utc_now,
+)
 from tunesmith.datagen.parsing import Task, parse_numbered_tasks
 from tunesmith.datagen.teachers import Teacher, TeacherFailure, TeacherReply, give_up_after
 from tunesmith.errors import DataError
-from tunesmith.runs import append_jsonl
 
 
 def load_seed_tasks(path: str | Path) -> list[Task]:
@@ -121,6 +128,7 @@ def self_instruct(seeds: str | Path, out: str | Path, teacher: Teacher, options:
     Raises:
         DataError: unreadable seeds, or an `out` that is not a file this generator wrote.
         ConfigError: the teacher rejects the URL, key or model (HTTP 401/403/404).
+        TeacherError: requests failed and nothing was produced (the summary is saved first).
     """
     seed_tasks = load_seed_tasks(seeds)
     out = Path(out)
@@ -133,7 +141,7 @@ def self_instruct(seeds: str | Path, out: str | Path, teacher: Teacher, options:
     max_requests = options.max_requests or 4 * math.ceil(target / options.tasks_per_request) + teacher.concurrency
     failures_in_row = 0
     bar = progress_bar(target, len(generated), "example", "self-instruct", progress)
-    with recording_stop(summary, out, bar):
+    with recording_stop(summary, out, bar, teacher):
         while len(generated) < target:
             stop = _stop_reason(summary.requests, max_requests, failures_in_row, teacher, target)
             if stop:
@@ -155,11 +163,12 @@ def self_instruct(seeds: str | Path, out: str | Path, teacher: Teacher, options:
                     if reason:
                         summary.dropped[reason] += 1
                         continue
-                    append_jsonl(out, _record(task, teacher.name, seed_ids))
+                    append_record(out, _record(task, teacher.name, seed_ids))
                     generated.append(task)
                     duplicates.add(task.instruction)
                     summary.kept += 1
                     bar.update(1)
+    check_answered(summary)
     return summary
 
 

@@ -3,11 +3,15 @@
 Generators see only the `Teacher` protocol: prompts in, one `TeacherReply` or `TeacherFailure` out per prompt.
 A failed request never stops a run: it is retried with backoff and handed back as a failure to be counted.
 Only answers that no retry can fix (a wrong key, URL or model) raise, since every later request would fail too.
+A server that refuses `max_tokens` and states its maximum (as `tunesmith serve` and OpenAI do) is asked again
+once at that maximum, and the rest of the run asks for no more.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -40,6 +44,8 @@ class TeacherFailure:
 class Teacher(Protocol):
     name: str
     concurrency: int
+    notes: list[str]
+    """What the teacher changed during the run (a lowered `max_tokens`), for the summary."""
 
     def complete_many(self, prompts: Sequence[str]) -> Iterator[tuple[int, TeacherReply | TeacherFailure]]:
         """Answer every prompt; yields (index, result) as each finishes, in any order."""
@@ -96,6 +102,36 @@ def give_up_after(teacher: Teacher) -> int:
     return max(4, 2 * teacher.concurrency)
 
 
+_STATED_MAX = re.compile(r"(?:allows|at most|maximum(?: value)?(?: is| of)?|up to|<=)\s*\(?(\d+)", re.IGNORECASE)
+
+
+def stated_max_tokens(error_text: str, asked: int) -> int | None:
+    """The `max_tokens` a refusal says the server allows, when it refuses `asked` as too many; else None.
+
+    Only a server-wide limit counts: a prompt too long for the context (`context_length_exceeded`) is that
+    prompt's problem, and lowering every later request would not fix it.
+
+    >>> stated_max_tokens('{"error": {"message": "max_tokens=1536 is more than this server allows (1024)", '
+    ...                   '"param": "max_tokens"}}', 1536)
+    1024
+    >>> stated_max_tokens('{"error": {"message": "max_tokens is too large: 5000. This model supports at most '
+    ...                   '4096 completion tokens"}}', 5000)
+    4096
+    """
+    try:
+        error = json.loads(error_text).get("error")
+    except (ValueError, AttributeError):
+        return None
+    error = error if isinstance(error, dict) else {"message": error}
+    message = str(error.get("message") or "")
+    about_max_tokens = error.get("param") in ("max_tokens", "max_completion_tokens") or "max_tokens" in message
+    if not about_max_tokens or error.get("code") == "context_length_exceeded":
+        return None
+    match = _STATED_MAX.search(message)
+    stated = int(match.group(1)) if match else 0
+    return stated if 0 < stated < asked else None
+
+
 def parse_chat_completion(body: dict) -> TeacherReply:
     """The answer text, finish reason and token usage of an OpenAI chat completion response.
 
@@ -128,6 +164,9 @@ class HttpTeacher:
         self._client = httpx.Client(headers=headers, timeout=config.timeout_s,
                                     limits=httpx.Limits(max_connections=config.concurrency))
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.max_tokens = config.max_tokens
+        self.notes: list[str] = []
         self.model = config.model or self._first_model()
         self.name = f"{self.model} @ {_public_url(self.endpoint)}"
 
@@ -151,26 +190,23 @@ class HttpTeacher:
     def complete(self, prompt: str) -> TeacherReply | TeacherFailure:
         """One chat request with retries on 429/5xx/timeouts/connection errors.
 
+        A 400 stating the server's `max_tokens` is sent again at once at that maximum (not one of the retries).
+
         Raises:
             ConfigError: the endpoint answers 401/403/404 (wrong key, URL or model), which no retry fixes.
         """
-        import httpx
-
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": self.config.max_tokens, "temperature": self.config.temperature}
-        reason, retry_after = "", None
-        attempts = self.config.max_retries + 1
-        for attempt in range(1, attempts + 1):
+                "max_tokens": self.max_tokens, "temperature": self.config.temperature}
+        reason, retry_after, lowered, sent = "", None, False, 0
+        attempts, attempt = self.config.max_retries + 1, 0
+        while attempt < attempts:
+            attempt += 1
             if attempt > 1 and self._stop.wait(backoff_delay(attempt - 1, self.config.backoff_s, retry_after)):
-                return TeacherFailure("stopped", attempt - 1)
+                return TeacherFailure("stopped", sent)
             retry_after = None
-            try:
-                response = self._client.post(self.endpoint, json=body)
-            except httpx.TimeoutException:
-                reason = f"timed out after {self.config.timeout_s:g} s"
-                continue
-            except httpx.TransportError as e:
-                reason = f"connection error: {e}"
+            response, reason = self._post(body)
+            sent += 1
+            if response is None:
                 continue
             status = response.status_code
             if status in FATAL_STATUS:
@@ -181,15 +217,39 @@ class HttpTeacher:
                 reason, retry_after = f"HTTP {status}", response.headers.get("retry-after")
                 continue
             if status >= 400:  # the request itself is wrong (too long...); sending it again changes nothing
-                return TeacherFailure(f"HTTP {status}: {response.text[:200].strip()}", attempt)
+                stated = None if lowered else stated_max_tokens(response.text, body["max_tokens"])
+                if stated is None:
+                    return TeacherFailure(f"HTTP {status}: {response.text[:200].strip()}", sent)
+                body, lowered = {**body, "max_tokens": self._adopt_max_tokens(stated)}, True
+                attempt -= 1  # ...unless it only asked for more tokens than the server allows
+                continue
             try:
                 reply = parse_chat_completion(response.json())
             except ValueError as e:
                 reason = f"bad answer body: {e}"
                 continue
-            return TeacherReply(reply.text, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens,
-                                attempt)
-        return TeacherFailure(reason, attempts)
+            return TeacherReply(reply.text, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, sent)
+        return TeacherFailure(reason, sent)
+
+    def _post(self, body: dict):
+        """One POST of `body`: the response, or None and why no answer came (timeout, connection error)."""
+        import httpx
+
+        try:
+            return self._client.post(self.endpoint, json=body), ""
+        except httpx.TimeoutException:
+            return None, f"timed out after {self.config.timeout_s:g} s"
+        except httpx.TransportError as e:
+            return None, f"connection error: {e}"
+
+    def _adopt_max_tokens(self, stated: int) -> int:
+        """Ask for at most `stated` tokens from now on, as the server said; noted once for the summary."""
+        with self._lock:
+            if stated < self.max_tokens:
+                self.notes.append(f"max_tokens lowered from {self.max_tokens} to {stated}, the most the teacher "
+                                  f"allows (set --max-tokens to skip the refused first try)")
+                self.max_tokens = stated
+        return stated
 
     def complete_many(self, prompts: Sequence[str]) -> Iterator[tuple[int, TeacherReply | TeacherFailure]]:
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="teacher")
@@ -219,6 +279,7 @@ class LocalTeacher:
         self.generator = load_for_inference(config.local)
         self.concurrency = config.concurrency
         self.name = f"local:{self.generator.name}"
+        self.notes: list[str] = []
         self.options = GenerationOptions(max_new_tokens=config.max_tokens, do_sample=config.temperature > 0,
                                          temperature=config.temperature or 1.0)
 
