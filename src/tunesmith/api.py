@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from tunesmith.config import (ChatConfig, Config, DataConfig, ExportConfig, FromDocsConfig, GenerateConfig,
@@ -48,17 +48,22 @@ def prepare_data(config_path: str | None = None, overrides: list[str] | None = N
     return _prepare(load_config(config_path, overrides))
 
 
-def _prepare(config: Config) -> PrepareResult:
+def _prepare(config: Config, on_prepared: Callable[[PrepareResult], None] | None = None) -> PrepareResult:
     """The config's run folder, created, with its data prepared: the one place the api hands prepare its sections.
 
     The data paths are checked before the folder is made, so a mistyped path leaves no empty run behind.
+    `on_prepared` sees the result before anything else runs, so a command can show its warnings (skipped records,
+    a stripped template: `PrepareResult.notes()`) before a long training starts.
     """
     from tunesmith.prepare.pipeline import check_data_paths, prepare
     from tunesmith.runs import create_run
 
     check_data_paths(config.data)
-    return prepare(create_run(config), config.model, config.data, config.template, config.tokenization,
-                   config.split)
+    prepared = prepare(create_run(config), config.model, config.data, config.template, config.tokenization,
+                       config.split)
+    if on_prepared is not None:
+        on_prepared(prepared)
+    return prepared
 
 
 def evaluate_run(target: str, model: str | None = None, data: str | None = None, limit: int | None = None,
@@ -235,11 +240,13 @@ def compare_runs(runs: list[str]) -> tuple[list[str], list[list[str]]]:
 def inspect_data(path: str, data: DataConfig | None = None, model: ModelConfig | None = None,
                  template: TemplateConfig | None = None, tokenization: TokenizationConfig | None = None,
                  plot: str | Path | None = None) -> DataInspection:
-    """Load a data file and describe it: shape, token lengths with the model's tokenizer and template,
-    truncation at max_length, duplicates, baked-in templates; optionally a length histogram PNG.
+    """Load a data file and describe it all at once: invalid records grouped by kind (`is_clean` says whether they
+    would stop training), the baked-in template stripped as `prepare` would, and of the valid records shape, token
+    lengths with the model's tokenizer and template, truncation at max_length, duplicates; optionally a length
+    histogram PNG.
 
     Raises:
-        DataError: the file is unreadable or (with `on_error: fail`) has invalid records, all listed.
+        DataError: the file is unreadable, its shape unknown, or no record in it is valid.
         ModelError: the tokenizer cannot be loaded.
     """
     import dataclasses
@@ -258,24 +265,39 @@ def inspect_data(path: str, data: DataConfig | None = None, model: ModelConfig |
     return dataclasses.replace(result, plot=str(atomic_write_bytes(plot, chart)))
 
 
-def train_config(config: Config, resume: bool = False) -> tuple[PrepareResult, TrainResult]:
+def train_config(config: Config, resume: bool = False,
+                 on_prepared: Callable[[PrepareResult], None] | None = None) -> tuple[PrepareResult, TrainResult]:
     """Prepare (or reuse) the config's data, then train; the shared core of `train`, `run` and `Tuner.train`.
 
     Raises:
         ConfigError, DataError, ModelError, TrainingError: what the stages raise, each naming what and where.
     """
     from tunesmith.train.loop import train
+    from tunesmith.train.trackers import Trackers, check_installed
 
+    check_installed(config.output.report_to)  # a missing tracker fails now, not after preparing and loading
+    is_main = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under accelerate launch / torchrun every process runs this; the first prepares, the others reuse it.
         from tunesmith.train.distributed import process_state
 
         with process_state().main_process_first():
-            prepared = _prepare(config)
+            prepared = _prepare(config, on_prepared)
+        is_main = process_state().is_main_process
     else:
-        prepared = _prepare(config)
-    return prepared, train(prepared.paths, config.model, config.training, config.template, resume=resume,
-                           on_metrics=_write_loss_plot)
+        prepared = _prepare(config, on_prepared)
+    # only the main process logs to trackers (the loop calls on_log there alone)
+    trackers = (Trackers.open(config.output, prepared.paths, config.model_dump(mode="json"), resume=resume)
+                if is_main else Trackers({}))
+    status = "failed"
+    try:
+        trained = train(prepared.paths, config.model, config.training, config.template, resume=resume,
+                        on_metrics=_write_loss_plot, on_log=trackers.log_line)
+        trackers.log_summary(trained.summary)
+        status = "stopped" if trained.stopped else "finished"
+    finally:
+        trackers.close(status)
+    return prepared, trained
 
 
 def _write_loss_plot(paths, metrics: list[dict]) -> None:
@@ -289,7 +311,8 @@ def _write_loss_plot(paths, metrics: list[dict]) -> None:
         atomic_write_bytes(paths.loss_plot, png)
 
 
-def train_run(config_path: str, overrides: list[str] | None = None, resume: bool = False) -> TrainResult:
+def train_run(config_path: str, overrides: list[str] | None = None, resume: bool = False,
+              on_prepared: Callable[[PrepareResult], None] | None = None) -> TrainResult:
     """`tunesmith train CONFIG`: prepare (or reuse) the data, then train; `resume` continues the latest checkpoint.
 
     Resuming without `output.name` continues this config's run, else the newest run of the same data and method
@@ -304,7 +327,7 @@ def train_run(config_path: str, overrides: list[str] | None = None, resume: bool
     if resume and not config.output.name:
         config = config.model_copy(update={"output": config.output.model_copy(
             update={"name": _latest_resumable_run(config)})})
-    return train_config(config, resume=resume)[1]
+    return train_config(config, resume=resume, on_prepared=on_prepared)[1]
 
 
 def _latest_resumable_run(config: Config) -> str:
@@ -340,10 +363,16 @@ class PipelineResult:
 HEADLINE_METRICS = ("rouge_l", "token_f1", "exact_match_normalized")
 
 
-def run_config(config: Config, resume: bool = False, progress: bool = True) -> PipelineResult:
+def run_config(config: Config, resume: bool = False, progress: bool = True,
+               on_prepared: Callable[[PrepareResult], None] | None = None) -> PipelineResult:
     """prepare -> train -> evaluate (base and finetuned on the test split) -> report, for one config."""
-    prepared, trained = train_config(config, resume=resume)
+    prepared, trained = train_config(config, resume=resume, on_prepared=on_prepared)
     run = prepared.paths.root
+    if trained.stopped:
+        from tunesmith.errors import TrainingError
+
+        raise TrainingError(f"training of {run} was stopped at step {trained.steps} (a checkpoint is written); "
+                            f"nothing was evaluated: continue with `tunesmith run CONFIG --resume`")
     metrics = evaluate_run(str(run), progress=progress)
     report_path = build_report(str(run))
     models = metrics.get("models", {})
@@ -356,7 +385,8 @@ def run_config(config: Config, resume: bool = False, progress: bool = True) -> P
                           metrics=metrics)
 
 
-def run_pipeline(config_path: str, overrides: list[str] | None = None, resume: bool = False) -> PipelineResult:
+def run_pipeline(config_path: str, overrides: list[str] | None = None, resume: bool = False,
+                 on_prepared: Callable[[PrepareResult], None] | None = None) -> PipelineResult:
     """`tunesmith run CONFIG`: the whole pipeline from one config file.
 
     Raises:
@@ -364,7 +394,7 @@ def run_pipeline(config_path: str, overrides: list[str] | None = None, resume: b
     """
     from tunesmith.config import load_config
 
-    return run_config(load_config(config_path, overrides), resume=resume)
+    return run_config(load_config(config_path, overrides), resume=resume, on_prepared=on_prepared)
 
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"

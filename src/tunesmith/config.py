@@ -58,8 +58,10 @@ class DataConfig(Section):
     """Column holding a chat conversation (list of role/content messages)."""
     text_key: str | None = None
     """Column holding plain text (trained on every token)."""
-    on_error: Literal["fail", "skip"] = "fail"
-    """`fail` stops on any invalid record and lists them; `skip` drops them and reports how many."""
+    on_error: Literal["auto", "fail", "skip"] = "auto"
+    """Invalid records: `auto` skips up to 1% of the file (kept in rejected.jsonl); `fail` stops; `skip` drops all."""
+    strip_template: bool | Literal["auto"] = "auto"
+    """Remove a template baked into the prompts (`### Question:`, `<|im_start|>`...); `auto`: when most carry one."""
     max_record_bytes: int = Field(default=1_000_000, gt=0)
     """Records larger than this (in UTF-8 bytes) are rejected as invalid."""
 
@@ -175,6 +177,20 @@ class OutputConfig(Section):
     """Folder holding one sub-folder per run."""
     name: str | None = None
     """Run name; empty derives one from the data file and time."""
+    report_to: list[Literal["tensorboard", "mlflow", "trackio"]] = []
+    """Trackers that also get the metrics, config and final figures (each needs `pip install 'tunesmith[NAME]'`)."""
+    tracking_project: str = "tunesmith"
+    """MLflow experiment and trackio project the run is logged under (the run keeps its folder name)."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking server or store; empty writes a file store to `<runs_dir>/mlruns`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _report_to_list(cls, data):
+        """`--set output.report_to=tensorboard,mlflow` names the list without YAML brackets."""
+        if isinstance(data, dict) and isinstance(data.get("report_to"), str):
+            return {**data, "report_to": [name.strip() for name in data["report_to"].split(",") if name.strip()]}
+        return data
 
 
 class TeacherConfig(Section):
@@ -196,8 +212,8 @@ class TeacherConfig(Section):
     """Seconds one request may take."""
     backoff_s: float = Field(default=1.0, ge=0)
     """Delay before the first retry; it doubles on each retry (with random jitter), up to 60 s."""
-    max_tokens: int = Field(default=1536, gt=0)
-    """Longest answer the teacher may write per request."""
+    max_tokens: int = Field(default=1024, gt=0)
+    """Longest answer the teacher may write per request (≤ serve.max_tokens; a lower stated maximum is adopted)."""
     temperature: float = Field(default=0.7, ge=0, le=2)
     """Sampling temperature of the teacher (some variety is what self-instruct needs)."""
 
