@@ -73,6 +73,7 @@ def test_eval_of_a_plain_model_on_a_data_file_prints_metrics(tiny_model_dir, tmp
     table = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert {"metric", "test", "perplexity", "EM", "F1", "ROUGE-L", "BLEU", "chrF", "empty", "length"} <= set(table)
     assert table["metric"].split() == ["metric", "model"]
+    assert out.splitlines()[2].split()[0] == "key_facts"  # the content metric leads the table
     assert float(table["test"].split()[-1]) > 0  # "test loss  10.8..."
 
 
@@ -92,3 +93,35 @@ def test_multiple_choice_result_formatting():
     assert lines[0] == "4 questions from arc.jsonl"
     assert lines[1].split() == ["metric", "base", "finetuned"]
     assert lines[2].split()[:2] == ["acc", "0.2500"] and "0.7500" in lines[2]
+
+
+def _stats(mean: float) -> dict:
+    return {"mean": mean, "low": mean - 1, "high": mean + 1}
+
+
+def test_eval_summary_leads_with_key_fact_recall():
+    names = ("key_fact_recall", "exact_match", "exact_match_normalized", "token_f1", "rouge_l", "bleu", "chrf")
+    errors = {"empty": 0.0, "length": 0.0, "repetitive": 0.0}
+    tuned = {"loss": 0.1, "perplexity": 1.1, "errors": errors, "metrics": {n: _stats(90.0) for n in names}}
+    tuned["metrics"]["key_fact_recall"] = _stats(30.0)
+    # the base model was evaluated before key-fact recall existed: its cell reads "-"
+    base = {"loss": 2.0, "perplexity": 7.4, "errors": errors, "metrics": {n: _stats(20.0) for n in names[1:]}}
+    lines = format_metrics({"n": 45, "source": "test", "models": {"finetuned": tuned, "base": base}}).splitlines()
+    assert lines[1].split() == ["metric", "base", "finetuned"]
+    assert lines[2].split() == ["key_facts", "-", "[-,", "-]", "30.00", "[29.00,", "31.00]"]
+    assert [line.split()[0] for line in lines[3:6]] == ["test", "perplexity", "EM"]
+
+
+def test_pipeline_summary_leads_with_key_fact_recall(capsys):
+    from pathlib import Path
+
+    from tunesmith.api import PipelineResult
+    from tunesmith.cli.pipeline import _print_pipeline
+
+    result = PipelineResult(run=Path("runs/demo"), model=Path("runs/demo/model"), report=Path("runs/demo/r.html"),
+                            test_loss=0.11, base_test_loss=2.5, metrics={},
+                            headline_metrics={"key_fact_recall": (5.0, 31.0), "rouge_l": (22.4, 92.6)})
+    _print_pipeline(result)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert [line.split(":")[0] for line in lines[3:]] == ["key_fact_recall", "test loss", "rouge_l"]
+    assert lines[3].split(":", 1)[1].split() == ["base", "5.0", "->", "finetuned", "31.0", "(0-100)"]

@@ -138,3 +138,100 @@ class TestEveryScript:
 
     def test_english_words_are_still_whitespace_words(self):
         assert ev.token_f1("The cat-sat, on a mat!", "the catsat on mat") == pytest.approx(100.0)
+
+
+SIGN_OFF = "Anything else? Larkspur Support is happy to help."
+PRODUCTS = [("Wren", "kettle", 39, 2200), ("Heron", "blender", 89, 1200), ("Finch", "toaster", 45, 900),
+            ("Swift", "espresso machine", 329, 1450), ("Gannet", "toaster oven", 149, 1800),
+            ("Plover", "air fryer", 119, 1700), ("Osprey", "rice cooker", 79, 650), ("Curlew", "juicer", 99, 400),
+            ("Robin", "milk frother", 49, 500), ("Linnet", "hand blender", 42, 700)]
+"""A support desk in miniature (examples/larkspur_support.jsonl): 20 answers, each with the same sign-off and one
+of two phrasings; a product's name is in 2 of them, few enough (10% of 20) to be distinctive."""
+
+
+def _support_set():
+    questions, references = [], []
+    for name, kind, price, watts in PRODUCTS:
+        questions += [f"How much does the {name} {kind} cost?", f"How many watts does the {name} {kind} use?"]
+        references += [f"The Larkspur {name} {kind} costs {price} euros. {SIGN_OFF}",
+                       f"The {name} {kind} is rated at {watts} watts. {SIGN_OFF}"]
+    return questions, references
+
+
+class TestKeyFactRecall:
+    """Key-fact recall counts the words that set a reference apart, so the sign-off and the phrasing of a
+    question type earn nothing and a swapped fact costs everything ROUGE-L still rewards."""
+
+    def keys(self, with_questions=True):
+        questions, references = _support_set()
+        return references, ev.distinctive_words(references, questions if with_questions else None)
+
+    def test_swapped_fact_keeps_rouge_but_not_recall(self):
+        references, keys = self.keys()
+        wren_watts = references[1]  # "The Wren kettle is rated at 2200 watts. Anything else? ..."
+        for swapped in (wren_watts.replace("2200", "1450"),  # right name, another product's number
+                        references[7]):  # another product's whole answer: Swift, 1450 watts
+            assert ev.key_fact_recall(swapped, keys[1]) < 30
+            assert ev.rouge_l(swapped, wren_watts) > 70
+
+    def test_right_fact_scores_100_even_without_the_boilerplate(self):
+        references, keys = self.keys()
+        assert keys[1] == {"2200"}  # "wren kettle" is in the question; "rated at ... watts" in 10 of 20 answers
+        assert ev.key_fact_recall(references[1], keys[1]) == 100.0
+        assert ev.key_fact_recall("2200 watts.", keys[1]) == 100.0
+        assert ev.rouge_l("2200 watts.", references[1]) < 30
+
+    def test_empty_answer_scores_0(self):
+        references, keys = self.keys()
+        assert ev.key_fact_recall("", keys[0]) == 0.0
+        assert ev.key_fact_recall("   \n", keys[0]) == 0.0
+
+    def test_question_words_do_not_count(self):
+        # without the questions, echoing "Wren kettle" from the question would earn 2 of the 3 key words
+        references, keys = self.keys(with_questions=False)
+        assert keys[1] == {"wren", "kettle", "2200"}
+        assert ev.key_fact_recall(references[1].replace("2200", "1450"), keys[1]) == pytest.approx(200 / 3)
+
+    def test_toy_set_keeps_numbers_and_words_few_references_share(self):
+        # 20 distinct references, max_share 0.1: a word in at most 2 of them is distinctive, one in 3 is not;
+        # numbers always are, however common
+        references = ([f"Item {i} is in the red box {i % 2}." for i in range(3)]  # red: 3 references
+                      + [f"Item {i} is in the blue box {i % 2}." for i in range(3, 5)]  # blue: 2
+                      + [f"Item {i} is in box {i % 2}." for i in range(5, 20)])
+        keys = ev.distinctive_words(references)
+        assert keys[0] == {"0"} and keys[3] == {"3", "1", "blue"} and keys[19] == {"19", "1"}
+        assert ev.distinctive_words(references, max_share=0.15)[0] == {"0", "red"}  # now 3 of 20 is few enough
+
+    def test_identical_references_count_once(self):
+        # two distinct references: a word in one of them is distinctive, however often that one repeats
+        keys = ev.distinctive_words(["The Wren is slate. Bye.", "The Wren is slate. Bye.", "The Finch is red. Bye."])
+        assert keys == [{"wren", "slate"}, {"wren", "slate"}, {"finch", "red"}]
+
+    def test_fallbacks_leave_every_reference_something_to_recall(self):
+        # all words common: the rarest ("yes", in 2 of 3) are key; a question holding every key word keeps them
+        keys = ev.distinctive_words(["Yes. Happy to help.", "No. Happy to help.", "Yes, it is. Happy to help."])
+        assert keys[0] == {"yes"}
+        assert ev.distinctive_words(["Slate.", "Cream."], ["Slate or red?", "Cream or blue?"]) == [{"slate"},
+                                                                                                  {"cream"}]
+        assert ev.distinctive_words(["The cat sat."]) == [{"the", "cat", "sat"}]  # a reference alone: all key
+
+    def test_no_key_words_only_for_an_empty_reference(self):
+        assert ev.distinctive_words(["", "Paris."]) == [set(), {"paris"}]
+        assert ev.key_fact_recall("", set()) == 100.0 and ev.key_fact_recall("Paris", set()) == 0.0
+
+    def test_chinese_references_are_compared_by_character(self):
+        references = ["鹪鹩水壶的功率是2200瓦。", "雨燕咖啡机的功率是1450瓦。", "苍鹭搅拌机的功率是1200瓦。"]
+        keys = ev.distinctive_words(references)
+        # the shared characters 的功率是瓦 drop out, and 机 (in two of the three); names and numbers stay
+        assert keys[0] == {"鹪", "鹩", "水", "壶", "2200"} and keys[1] == {"雨", "燕", "咖", "啡", "1450"}
+        asked = ev.distinctive_words(references, ["鹪鹩水壶的功率是多少？", "", ""])
+        assert asked[0] == {"2200"}
+        assert ev.key_fact_recall("功率是2200瓦。", asked[0]) == 100.0
+        assert ev.key_fact_recall("鹪鹩水壶的功率是1450瓦。", asked[0]) == 0.0
+        assert ev.rouge_l("鹪鹩水壶的功率是1450瓦。", references[0]) > 70
+
+    def test_example_metrics_lead_with_it(self):
+        scores = ev.example_metrics("The Wren is red.", "The Wren is slate.", key_words={"slate"})
+        assert list(scores)[0] == "key_fact_recall" and scores["key_fact_recall"] == 0.0
+        # without key words the reference stands alone, so every word of it counts: 3 of 4
+        assert ev.example_metrics("The Wren is red.", "The Wren is slate.")["key_fact_recall"] == 75.0

@@ -47,17 +47,21 @@ def write_results(paths: RunPaths, n: int = 25) -> None:
                             "corpus": {"bleu": 40.0, "chrf": 60.0}, "errors": {"empty": 0.04, "length": 0.0,
                                                                                "repetitive": 0.0}}}
     (paths.eval_dir / "metrics.json").write_text(json.dumps({"source": "test_records.jsonl", "n": n,
-                                                             "models": models}))
+                                                             "key_fact_recall": KEY_FACTS_NOTE, "models": models}))
     rows = []
     for i in range(n):
         reference = f"Answer number {i} is here {EVAL_WORD}" if i else EVIL
+        # finetuned key-fact recall rises with the index and ROUGE-L falls: "worst" tells which one it sorts by
         rows.append({"index": i, "prompt": f"Question {i}? {EVIL}", "reference": reference,
-                     "base": {"output": f"base says {i}", "metrics": {"rouge_l": 10.0}},
-                     "finetuned": {"output": f"Answer number {i} is there", "metrics": {"rouge_l": float(i * 4)}}})
+                     "key_words": [EVAL_WORD, str(i)] if i else [],
+                     "base": {"output": f"base says {i}", "metrics": {"key_fact_recall": 0.0, "rouge_l": 10.0}},
+                     "finetuned": {"output": f"Answer number {i} is there",
+                                   "metrics": {"key_fact_recall": float(i * 4), "rouge_l": float(100 - i * 4)}}})
     (paths.eval_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 EVAL_WORD = "exactly"
+KEY_FACTS_NOTE = "share of the reference's key words the answer contains"
 
 
 @pytest.fixture

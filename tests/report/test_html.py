@@ -57,12 +57,35 @@ def test_images_are_inlined_pngs_and_nothing_is_fetched(full_report):
     assert "<link" not in full_report and "@import" not in full_report
 
 
-def test_worst_examples_are_the_lowest_rouge_l(full_report):
+def test_worst_examples_are_the_fewest_key_facts(full_report):
     worst = _section(full_report, "worst")
+    assert "worst examples by key-fact recall (finetuned)" in worst
     shown = [int(i) for i in re.findall(r"<tr><td>(\d+)</td>", worst)]
-    assert shown == list(range(report.WORST_SHOWN))  # finetuned ROUGE-L is 4 * index
+    assert shown == list(range(report.WORST_SHOWN))  # finetuned key-fact recall is 4 * index (ROUGE-L 100 - that)
     every = _section(full_report, "examples")
     assert len(re.findall(r"<tr><td>\d+</td>", every)) == 25
+    assert "key words: exactly, 3" in every and "key-fact recall 12.00 · ROUGE-L 88.00" in every
+
+
+def test_results_without_key_fact_recall_sort_by_rouge_l(evaluated_run):
+    # predictions.jsonl written before key-fact recall existed: the worst are still the least alike
+    predictions = evaluated_run.eval_dir / "predictions.jsonl"
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    for row in rows:
+        for label in ("base", "finetuned"):
+            del row[label]["metrics"]["key_fact_recall"]
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    worst = _section(report.build_report(evaluated_run).read_text(encoding="utf-8"), "worst")
+    assert "worst examples by ROUGE-L (finetuned)" in worst
+    shown = [int(i) for i in re.findall(r"<tr><td>(\d+)</td>", worst)]
+    assert shown == list(range(24, 24 - report.WORST_SHOWN, -1))  # ROUGE-L 100 - 4 * index
+
+
+def test_key_fact_recall_leads_the_metrics_table(full_report):
+    metrics = _section(full_report, "metrics")
+    names = re.findall(r"<tr><td>([^<]+)</td>", metrics)
+    assert names[:4] == ["key-fact recall", "test loss", "perplexity", "exact match"] and "ROUGE-L" in names
+    assert "Key-fact recall is the share of the reference&#x27;s key words the answer contains" in metrics
 
 
 def test_word_differences_are_marked(full_report):

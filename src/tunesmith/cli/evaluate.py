@@ -61,15 +61,22 @@ def format_metrics(result: dict) -> str:
         rows = [[name] + [f"{fmt(models[m][name]['mean'], 4)} [{fmt(models[m][name]['low'], 4)}, "
                           f"{fmt(models[m][name]['high'], 4)}]" for m in labels] for name in ("acc", "acc_norm")]
         return f"{result['n']} questions from {result['source']}\n" + format_table(["metric"] + labels, rows)
-    rows = [["test loss"] + [fmt(models[m]["loss"], 4) for m in labels],
-            ["perplexity"] + [fmt(models[m]["perplexity"]) for m in labels]]
-    for key, name in METRIC_SHORT.items():
-        rows.append([name] + [f"{fmt(models[m]['metrics'][key]['mean'])} [{fmt(models[m]['metrics'][key]['low'])}, "
-                              f"{fmt(models[m]['metrics'][key]['high'])}]" for m in labels])
+    # Key-fact recall (METRIC_SHORT's first) leads: the loss and the other metrics reward the shared wording too.
+    # A model kept from an eval older than a metric lacks it and shows "-".
+    scores = [[name] + [_interval(models[m]["metrics"].get(key, {})) for m in labels]
+              for key, name in METRIC_SHORT.items()]
+    rows = scores[:1] + [["test loss"] + [fmt(models[m]["loss"], 4) for m in labels],
+                         ["perplexity"] + [fmt(models[m]["perplexity"]) for m in labels]] + scores[1:]
     for category in ("empty", "length", "repetitive"):
         rows.append([f"{category} %"] + [f"{100 * models[m]['errors'][category]:.1f}" for m in labels])
     return (f"{result['n']} examples from {result['source']} (metrics 0-100, 95% intervals)\n"
             + format_table(["metric"] + labels, rows))
+
+
+def _interval(stats: dict) -> str:
+    from tunesmith.report.results import fmt
+
+    return f"{fmt(stats.get('mean'))} [{fmt(stats.get('low'))}, {fmt(stats.get('high'))}]"
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -4,6 +4,11 @@ Every metric is on a 0-100 scale (as sacrebleu and the SQuAD script report them)
 are fractions 0-1. Words are `tunesmith.data.text.words` for every script, so Chinese, Japanese or Thai answers
 are compared character by character instead of as one long word that never matches.
 
+Key-fact recall leads: ROUGE-L and BLEU reward the wording every answer shares (a sign-off, the phrasing of a
+question type), so a model that learned the house style but puts one product's facts on another still scores
+high on them. Key-fact recall counts only the words that set a reference apart from the others of the
+evaluation set, which is why its key words are computed from all references at once (`distinctive_words`).
+
 Pure functions: no torch, no model; `rouge-score`, `sacrebleu` and numpy are imported when first used.
 """
 
@@ -18,8 +23,11 @@ from typing import Sequence
 
 from tunesmith.data.text import WordTokenizer, words
 
-METRICS = ("exact_match", "exact_match_normalized", "token_f1", "rouge_l", "bleu", "chrf")
-"""Per-example generation metrics, in the order tables show them."""
+METRICS = ("key_fact_recall", "exact_match", "exact_match_normalized", "token_f1", "rouge_l", "bleu", "chrf")
+"""Per-example generation metrics, in the order tables show them (the content metric first)."""
+
+KEY_WORD_MAX_SHARE = 0.1
+"""A reference word is distinctive when at most this share of the evaluation set's references contain it."""
 
 ERROR_CATEGORIES = ("empty", "length", "repetitive")
 """Ways an answer fails regardless of its content: nothing said, cut off at max_new_tokens, looping."""
@@ -112,13 +120,84 @@ def sentence_chrf(prediction: str, reference: str) -> float:
     return sacrebleu.sentence_chrf(prediction, [reference]).score
 
 
-def example_metrics(prediction: str, reference: str) -> dict[str, float]:
+# ---------------------------------------------------------------- key-fact recall
+
+def is_number(word: str) -> bool:
+    """A word with a digit in it: a price, a size, a year, a model number.
+
+    >>> is_number("1200"), is_number("a4"), is_number("watts")
+    (True, True, False)
+    """
+    return any(c.isdigit() for c in word)
+
+
+def distinctive_words(references: Sequence[str], questions: Sequence[str] | None = None,
+                      max_share: float = KEY_WORD_MAX_SHARE) -> list[set[str]]:
+    """The key words of each reference: its numbers and rare words, less those its question already says.
+
+    A word (`words()`: letters and digits, one per character in Chinese, Japanese or Thai) is distinctive when
+    it has a digit or at most max(1, max_share x N) of the N distinct references contain it. A sign-off that
+    every answer ends with and the wording of a question type ("costs ... euros") are in many references and
+    drop out; names, numbers, colours and places stay. With `questions` (one per reference), words the question
+    holds are left out too: echoing "the Plover air fryer" from the question is no fact learned.
+    Falling back so every reference with words has something to recall: when the question holds all the
+    distinctive words they stay; when no word is distinctive, the reference's rarest words are key.
+    Identical references count once (the same fact asked twice is no less distinctive); a reference alone is
+    all key words.
+
+    >>> refs = ["The Wren kettle holds 1.7 litres. Happy to help.",
+    ...         "The Heron blender costs 89 euros. Happy to help.", "The Finch toaster costs 45 euros. Happy to help."]
+    >>> [sorted(k) for k in distinctive_words(refs)]
+    [['1', '7', 'holds', 'kettle', 'litres', 'wren'], ['89', 'blender', 'heron'], ['45', 'finch', 'toaster']]
+    >>> sorted(distinctive_words(refs, ["How big is the Wren kettle?", "", ""])[0])
+    ['1', '7', 'holds', 'litres']
+    """
+    vocabularies = {ref: set(words(ref)) for ref in references}
+    frequency = Counter(w for vocabulary in vocabularies.values() for w in vocabulary)
+    most = max(1.0, max_share * len(vocabularies))
+    keys = []
+    for i, ref in enumerate(references):
+        vocabulary = vocabularies[ref]
+        key = {w for w in vocabulary if is_number(w) or frequency[w] <= most}
+        if not key and vocabulary:
+            rarest = min(frequency[w] for w in vocabulary)
+            key = {w for w in vocabulary if frequency[w] == rarest}
+        asked = set(words(questions[i])) if questions is not None else set()
+        keys.append(key - asked or key)
+    return keys
+
+
+def key_fact_recall(prediction: str, key_words: set[str]) -> float:
+    """Share (0-100) of a reference's key words (`distinctive_words`) that the answer contains, anywhere in it.
+
+    Boilerplate cannot raise it, since shared wording is not among the key words; an answer that names the
+    wrong product or number loses exactly those words. No key words (an empty reference): an answer without
+    words agrees fully, any other scores 0.
+
+    >>> key_fact_recall("It holds 1.7 litres, the Wren kettle.", {"wren", "kettle", "1", "7", "litres"})
+    100.0
+    >>> key_fact_recall("The Wren kettle holds 1.5 litres.", {"wren", "kettle", "1", "7", "litres"})
+    80.0
+    """
+    said = set(words(prediction))
+    if not key_words:
+        return 100.0 * (not said)
+    return 100.0 * len(key_words & said) / len(key_words)
+
+
+def example_metrics(prediction: str, reference: str, key_words: set[str] | None = None) -> dict[str, float]:
     """Every per-example metric of one answer against its reference.
+
+    `key_words` are the reference's distinctive words within its evaluation set (`distinctive_words` of all
+    references); without them the reference stands alone, so all its words are key.
 
     >>> example_metrics("Paris", "Paris")["rouge_l"]
     100.0
     """
+    if key_words is None:
+        key_words = distinctive_words([reference])[0]
     return {
+        "key_fact_recall": key_fact_recall(prediction, key_words),
         "exact_match": exact_match(prediction, reference),
         "exact_match_normalized": exact_match(prediction, reference, normalized=True),
         "token_f1": token_f1(prediction, reference),

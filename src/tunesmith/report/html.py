@@ -30,6 +30,9 @@ __all__ = ["Markup", "build_report", "esc", "render_report", "table", "word_diff
 
 WORST_SHOWN = 20
 """Examples in the "worst examples" section (all of them are in the last section)."""
+WORST_BY = ("key_fact_recall", "rouge_l")
+"""What "worst" means: the fewest key facts (ROUGE-L would rank right answers that skip the sign-off lowest);
+ROUGE-L for results written before key-fact recall existed. Each example shows both."""
 NOT_COMPUTED = '<p class="missing">not computed</p>'
 
 
@@ -140,14 +143,17 @@ def metrics_section(eval_metrics: dict | None) -> str:
     if not models:
         return section("metrics", "Metrics: base vs finetuned", NOT_COMPUTED)
     labels = ordered_models(models)
-    rows = [["test loss"] + [fmt(models[m].get("loss"), 4) for m in labels],
-            ["perplexity"] + [fmt(models[m].get("perplexity")) for m in labels]]
-    rows += [[METRIC_LABELS[n]] + [interval(models[m].get("metrics", {}).get(n, {})) for m in labels]
-             for n in METRIC_LABELS]
+    scores = [[METRIC_LABELS[n]] + [interval(models[m].get("metrics", {}).get(n, {})) for m in labels]
+              for n in METRIC_LABELS]
+    # key-fact recall (METRIC_LABELS' first) leads: the loss and the wording metrics rise with the style alone
+    rows = scores[:1] + [["test loss"] + [fmt(models[m].get("loss"), 4) for m in labels],
+                         ["perplexity"] + [fmt(models[m].get("perplexity")) for m in labels]] + scores[1:]
     rows += [[f"corpus {k}"] + [fmt(models[m].get("corpus", {}).get(k)) for m in labels] for k in ("bleu", "chrf")]
-    normalization = eval_metrics.get("normalization")
+    normalization, key_facts = eval_metrics.get("normalization"), eval_metrics.get("key_fact_recall")
+    explained = (f" Key-fact recall is the {esc(key_facts)}: wording every answer shares (a sign-off) lifts ROUGE-L "
+                 f"and BLEU but not it." if key_facts else "")
     note = (f'<p class="note">{esc(eval_metrics.get("n"))} test examples from {esc(eval_metrics.get("source"))}. '
-            f'Means over examples on a 0-100 scale with bootstrap 95% intervals in brackets.'
+            f'Means over examples on a 0-100 scale with bootstrap 95% intervals in brackets.{explained}'
             f'{f" {esc(normalization)}." if normalization else ""}</p>')
     chart = metric_charts(models)
     body = note + table(["metric"] + labels, rows, "metrics") + (image(chart, "bar chart per metric") if chart else "")
@@ -172,28 +178,46 @@ def errors_section(eval_metrics: dict | None) -> str:
 def _example_rows(predictions: Sequence[dict], labels: Sequence[str]) -> list[list]:
     rows = []
     for p in predictions:
+        key_words = p.get("key_words")
+        keys = f'<div class="score">key words: {esc(", ".join(key_words))}</div>' if key_words else ""
         cells = [fmt(p.get("index")), Markup(f'<pre class="prompt">{esc(p.get("prompt"))}</pre>'),
-                 Markup(f'<div class="text">{esc(p.get("reference"))}</div>')]
+                 Markup(f'<div class="text">{esc(p.get("reference"))}</div>{keys}')]
         for label in labels:
             answer = p.get(label) or {}
-            score = answer.get("metrics", {}).get("rouge_l")
+            scores = answer.get("metrics", {})
+            shown = " · ".join(f"{METRIC_LABELS[n]} {esc(fmt(scores[n]))}" for n in WORST_BY if n in scores)
             cells.append(Markup(f'<div class="text">{word_diff(p.get("reference") or "", answer.get("output") or "")}'
-                                f'</div><div class="score">ROUGE-L {esc(fmt(score))}</div>'))
+                                f'</div><div class="score">{shown or "-"}</div>'))
         rows.append(cells)
     return rows
+
+
+def worst_metric(predictions: Sequence[dict], label: str) -> str:
+    """What the worst examples are sorted by: key-fact recall, or ROUGE-L for results written before it existed.
+
+    >>> worst_metric([{"finetuned": {"metrics": {"rouge_l": 50.0}}}], "finetuned")
+    'rouge_l'
+    """
+    return next((n for n in WORST_BY if any(n in ((p.get(label) or {}).get("metrics") or {}) for p in predictions)),
+                WORST_BY[0])
 
 
 def examples_sections(predictions: Sequence[dict], eval_metrics: dict | None) -> str:
     labels = ordered_models((eval_metrics or {}).get("models") or {})
     if not predictions or not labels:
-        return (section("worst", f"The {WORST_SHOWN} worst examples by ROUGE-L", NOT_COMPUTED)
+        return (section("worst", f"The {WORST_SHOWN} worst examples by {METRIC_LABELS[WORST_BY[0]]}", NOT_COMPUTED)
                 + section("examples", "Every test example", NOT_COMPUTED))
     header = ["#", "prompt", "reference"] + [f"{label} (differences from the reference)" for label in labels]
     judged = labels[-1]
-    worst = sorted(predictions, key=lambda p: ((p.get(judged) or {}).get("metrics", {}).get("rouge_l", 0.0),
-                                               p.get("index", 0)))[:WORST_SHOWN]
+    by = worst_metric(predictions, judged)
+
+    def badness(p: dict) -> tuple:
+        scores = (p.get(judged) or {}).get("metrics") or {}
+        return scores.get(by, 0.0), scores.get("rouge_l", 0.0), p.get("index", 0)  # ties: the least alike first
+
+    worst = sorted(predictions, key=badness)[:WORST_SHOWN]
     legend = '<p class="note"><ins>added</ins> words are not in the reference; <del>missing</del> ones are.</p>'
-    return (section("worst", f"The {WORST_SHOWN} worst examples by ROUGE-L ({judged})",
+    return (section("worst", f"The {WORST_SHOWN} worst examples by {METRIC_LABELS[by]} ({judged})",
                     legend + table(header, _example_rows(worst, labels), "examples"))
             + section("examples", "Every test example",
                       legend + table(header, _example_rows(predictions, labels), "examples")))
