@@ -83,3 +83,27 @@ def test_a_full_run_model_loads_from_its_folder_and_the_base_from_its_name(tiny_
     assert load_tokenizer_for(model_dir, base).pad_token is not None
     with pytest.raises(ModelError, match="no-such-org/no-such-model"):
         load_model_for(model_dir, {"base_model": base.name}, "base", base, torch.float32, "cpu")
+
+
+def test_pickle_only_folder_is_refused_before_from_pretrained(tiny_model_dir, tmp_path, monkeypatch):
+    """The rule every load shares (load_causal_lm), checked on the folder before transformers is asked: so it
+    also holds for a 4-bit load, whose quantizer setup runs before transformers looks at weight files."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.models import load_causal_lm, refuse_pickle_only
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    calls = []
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *args, **kwargs: calls.append(args))
+    with pytest.raises(ModelError, match="allow_pickle=true"):
+        load_causal_lm(ModelConfig(name=str(folder)), dtype=torch.float32)
+    assert calls == []
+    refuse_pickle_only(str(folder), ModelConfig(name=str(folder), allow_pickle=True))  # opted in
+    refuse_pickle_only(str(tiny_model_dir), ModelConfig(name=str(tiny_model_dir)))  # safetensors present

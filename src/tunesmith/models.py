@@ -126,20 +126,53 @@ def load_tokenizer(model: ModelConfig):
     return tokenizer
 
 
-def load_model(model: ModelConfig, dtype=None, device=None):
-    """The causal LM named by the config, safetensors only unless `allow_pickle` (pickle runs code)."""
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+"""Weight files in pickle formats, which run code when they are loaded."""
+
+
+def _pickle_refused(name: str) -> ModelError:
+    return ModelError(f"model {name!r} has no safetensors weights; pickle weights can run code, so they load only "
+                      f"with model.allow_pickle=true")
+
+
+def refuse_pickle_only(path: str, model: ModelConfig) -> None:
+    """The safetensors-only rule for a local folder, checked before anything is loaded (or quantized).
+
+    Raises:
+        ModelError: the folder has pickle weights and no safetensors, and `model.allow_pickle` is off.
+    """
+    folder = Path(path)
+    if model.allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    if any(file for pattern in PICKLE_WEIGHTS for file in folder.glob(pattern)):
+        raise _pickle_refused(model.name)
+
+
+def load_causal_lm(model: ModelConfig, **options):
+    """`from_pretrained` under the rules every model load shares (plain, or 4-bit for QLoRA): the resolved
+    path, safetensors only unless `allow_pickle` (pickle runs code), failures as one ModelError.
+
+    `options` go to `from_pretrained` as they are (dtype, quantization_config, device_map).
+
+    Raises:
+        ModelError: no such model, or only pickle weights without `model.allow_pickle`.
+    """
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model.name)
+    refuse_pickle_only(path, model)
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=model.trust_remote_code,
-            use_safetensors=None if model.allow_pickle else True)
+        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model.trust_remote_code,
+                                                    use_safetensors=None if model.allow_pickle else True, **options)
     except (OSError, ValueError) as e:
         if "safetensors" in str(e).lower() and not model.allow_pickle:
-            raise ModelError(f"model {model.name!r} has no safetensors weights; pickle weights can run code, so "
-                             f"they load only with model.allow_pickle=true") from None
+            raise _pickle_refused(model.name) from None
         raise _hub_error(model.name, e) from None
+
+
+def load_model(model: ModelConfig, dtype=None, device=None):
+    """The causal LM named by the config, safetensors only unless `allow_pickle` (pickle runs code)."""
+    loaded = load_causal_lm(model, dtype=dtype)
     if device is not None:
         loaded = loaded.to(device)
     return loaded

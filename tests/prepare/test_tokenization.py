@@ -139,3 +139,38 @@ def test_truncated_examples_never_exceed_max_length(tokenizer, side):
         example = encode_record(record, tokenizer, CHAT, TokenizationConfig(truncation_side=side), 48)
         if example is not None:
             assert len(example["input_ids"]) == len(example["labels"]) <= 48
+
+
+class TestMaxLengthCap:
+    def test_an_int_longer_than_the_model_context_is_capped(self):
+        assert resolve_max_length(TokenizationConfig(max_length=4096), [100, 5000], 2048) == 2048
+
+    def test_the_cap_is_noted_and_nothing_else_is(self):
+        from tunesmith.prepare.tokenization import max_length_note
+
+        note = max_length_note(TokenizationConfig(max_length=4096), 2048)
+        assert "4096" in note and "capped at 2048" in note
+        assert max_length_note(TokenizationConfig(max_length=2048), 2048) is None
+        assert max_length_note(TokenizationConfig(), 64) is None  # auto is capped silently, as always
+
+    def test_prepare_records_the_setting_and_prints_the_cap(self, tmp_path, tiny_model_dir):
+        import json
+
+        from tunesmith.config import load_config
+        from tunesmith.prepare.pipeline import prepare
+        from tunesmith.runs import create_run
+
+        data = tmp_path / "qa.jsonl"
+        data.write_text("".join(json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) + "\n" for i in range(6)))
+        config = load_config(None, [f"data.path={data}", f"model.name={tiny_model_dir}", "split.test_size=2",
+                                    f"output.runs_dir={tmp_path / 'runs'}", "output.name=cap",
+                                    "tokenization.max_length=100000"])
+        result = prepare(create_run(config), config.model, config.data, config.template, config.tokenization,
+                         config.split)
+        manifest = result.manifest
+        assert manifest.max_length == manifest.model_context == 2048
+        assert manifest.max_length_setting == 100000
+        assert any("capped at 2048" in line for line in result.summary_lines())
+        again = prepare(create_run(config), config.model, config.data, config.template, config.tokenization,
+                        config.split)
+        assert again.reused and any("capped at 2048" in line for line in again.summary_lines())

@@ -124,3 +124,27 @@ def test_bf16_training_with_working_weights_matches_plain_autocast_step_for_step
     assert losses(paths) == pytest.approx(losses(plain_paths), rel=1e-4)
     assert with_copies.final_test_loss == pytest.approx(plain.final_test_loss, rel=1e-4)
     assert {p.dtype for p in with_copies.model.parameters()} == {torch.float32}
+
+
+def test_restored_weights_stay_on_each_parameters_device_in_fp32(tiny_model_dir):
+    """The model file loads onto the CPU; a weight living elsewhere (a GPU in training, the meta device here)
+    must come back there, not be swapped for the CPU copy."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, target_modules="all-linear"))
+    frozen_to_bf16(model)
+    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    q_proj.weight = torch.nn.Parameter(q_proj.weight.detach().to("meta"), requires_grad=False)
+    elsewhere = q_proj.weight
+
+    restore_frozen(model, ModelConfig(name=str(tiny_model_dir)))
+    assert elsewhere.device.type == "meta" and elsewhere.dtype == torch.float32
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    for name, module in original.named_modules():
+        if isinstance(module, torch.nn.Linear) and name != "model.layers.0.self_attn.q_proj":
+            target = model.get_base_model().get_submodule(name)
+            weight = getattr(target, "base_layer", target).weight
+            assert weight.device.type == "cpu" and weight.dtype == torch.float32, name
+            assert torch.equal(weight, module.weight), name

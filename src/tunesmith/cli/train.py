@@ -14,9 +14,8 @@ def register(subparsers) -> None:
     train = subparsers.add_parser(
         "train", help="prepare the data (or reuse it) and finetune the model (full or LoRA)",
         description="Train the config's model on its data: full finetuning or LoRA, with checkpoints, test loss "
-                    "and a loss plot in the run folder. Several processes: --nproc N here, or "
-                    "`accelerate launch [--config_file fsdp.yaml] -m tunesmith train CONFIG` for any accelerate "
-                    "setup (DDP, FSDP, DeepSpeed).")
+                    "and a loss plot in the run folder. Several processes: --nproc N trains data parallel (DDP), "
+                    "each process with a full copy of the model.")
     add_config_arguments(train, config_required=True)
     train.add_argument("--resume", action="store_true",
                        help="continue from the latest checkpoint (same data order, optimizer and RNG state)")

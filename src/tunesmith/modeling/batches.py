@@ -36,10 +36,30 @@ def pad_collate(examples: Sequence[dict], pad_token_id: int, padding_side: str =
     return {key: torch.tensor(rows, dtype=torch.long) for key, rows in batch.items()}
 
 
-def make_batch(examples: list[dict], packing: bool, max_row_tokens: int, pad_token_id: int) -> dict:
-    """A model-ready micro-batch: packed rows, or padded rows with positions counted from each example's start."""
+def make_batch(examples: list[dict], packing: bool, max_row_tokens: int, pad_token_id: int,
+               padding_side: str = "right") -> dict:
+    """A model-ready micro-batch: packed rows, or rows padded on `padding_side` (`tokenization.padding_side`)
+    with positions counted from each example's first real token, so either side gives the same loss.
+
+    Packed rows are always right-padded: their padding is one-token examples of its own, seen by nobody.
+    """
     if packing:
         return collate_packed(examples, max_row_tokens, pad_token_id)
-    batch = pad_collate(examples, pad_token_id, "right")
+    batch = pad_collate(examples, pad_token_id, padding_side)
     batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     return batch
+
+
+def flatten_packed(batch: dict) -> dict:
+    """A packed micro-batch's rows laid end to end as ONE row, for attention that finds packed examples only in a
+    batch of one row (flash attention: packing.attention_plan). Positions still restart at every example, and no
+    attention mask is added, so examples stay apart by construction; each row's first label is IGNORE_INDEX, so
+    the one-token shift adds no loss across a row boundary, and the summed loss is that of the rows.
+
+    {"input_ids": [[5, 6], [7, 0]], "position_ids": [[0, 1], [0, 0]], "labels": [[-100, 6], [-100, -100]]}
+    -> {"input_ids": [[5, 6, 7, 0]], "position_ids": [[0, 1, 0, 0]], "labels": [[-100, 6, -100, -100]]}
+    """
+    labels = batch["labels"].clone()
+    labels[:, 0] = IGNORE_INDEX
+    return {"input_ids": batch["input_ids"].reshape(1, -1), "position_ids": batch["position_ids"].reshape(1, -1),
+            "labels": labels.reshape(1, -1)}

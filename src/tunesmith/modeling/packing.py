@@ -11,6 +11,9 @@ That mask is quadratic in the row length, so rows are capped at a token budget (
 rather than concatenating a whole batch into one long row. On CPU training goes further (train/model.py selects
 it) and computes attention per example (`packed_attention`, a transformers attention function), where no mask
 is needed.
+
+Flash attention has no mask and finds packed examples only in a batch of one row, so on a GPU under it a
+micro-batch's packed rows are flattened into one row first (`attention_plan`, `batches.flatten_packed`).
 """
 
 from __future__ import annotations
@@ -219,6 +222,34 @@ def packed_attention(module, query, key, value, attention_mask, scaling: float, 
     outputs.append(query.new_zeros((1, heads * value.shape[-1])))
     out = torch.cat(outputs).index_select(0, packed_layout.scatter)
     return out.view(rows, width, heads, -1), None
+
+
+ROWS = "rows"
+"""attention_plan: a packed micro-batch goes to the model as its rows."""
+ONE_ROW = "one_row"
+"""attention_plan: a packed micro-batch goes to the model flattened into one row (batches.flatten_packed)."""
+
+MASKED_ATTENTION = frozenset({"eager", "sdpa", "flex_attention", PACKED_ATTENTION})
+"""Attention implementations that keep packed examples apart in every row: transformers builds their
+block-diagonal mask per row from `position_ids` (find_packed_sequence_indices), and packed_attention needs none."""
+
+
+def attention_plan(device_type: str, attn_implementation: str | None) -> str:
+    """How a packed micro-batch meets the attention: as its rows (ROWS) or flattened into one row (ONE_ROW).
+
+    Flash attention has no mask: transformers finds packed examples in `position_ids` (and runs its
+    variable-length kernel) only at batch size 1, so several packed rows would attend across examples. Flattened
+    into one row, the examples are separate sequences of that kernel by construction. Mask-based attention keeps
+    the rows: their mask is made per row, and one row of all tokens would make it rows times larger. A CPU keeps
+    its rows always (training picks packed_attention or eager there, train/model.py); an implementation not known
+    to be mask-based is flattened, as flash attention.
+
+    >>> attention_plan("cuda", "flash_attention_2"), attention_plan("cuda", "sdpa"), attention_plan("cpu", "eager")
+    ('one_row', 'rows', 'rows')
+    """
+    if device_type == "cpu" or attn_implementation in MASKED_ATTENTION:
+        return ROWS
+    return ONE_ROW
 
 
 def register_packed_attention() -> str:

@@ -30,8 +30,8 @@ from tunesmith.data.text import percentile
 from tunesmith.prepare.templates import render_prompt, render_segments, resolve_template_name
 
 __all__ = ["IGNORE_INDEX", "MaskingStrategy", "Measured", "TokenizedRecord", "build_example", "encode_prompt",
-           "encode_record", "measure_lengths", "resolve_max_length", "special_prefix", "tokenize_for_model",
-           "tokenize_records"]
+           "encode_record", "max_length_note", "measure_lengths", "resolve_max_length", "special_prefix",
+           "tokenize_for_model", "tokenize_records"]
 
 IGNORE_INDEX = -100
 """Label of a position that carries no loss (prompt, padding); the value torch's cross-entropy skips."""
@@ -166,18 +166,35 @@ def measure_lengths(records: Sequence[Record], tokenizer, template: TemplateConf
 
 
 def resolve_max_length(tokenization: TokenizationConfig, totals: Sequence[int], model_context: int) -> int:
-    """`max_length: auto` -> the p99 of the examples' total lengths, capped by the model's context; an int as given.
+    """`max_length: auto` -> the p99 of the examples' total lengths; an int as given. Either is capped by the
+    model's context: positions beyond it were never trained, and examples that long could not be served
+    (`max_length_note` says so when a given length is cut).
 
     >>> resolve_max_length(TokenizationConfig(), list(range(1, 101)), 2048)
     99
     >>> resolve_max_length(TokenizationConfig(), list(range(1, 101)), 64)
     64
+    >>> resolve_max_length(TokenizationConfig(max_length=4096), [], 2048)
+    2048
     """
     if tokenization.max_length != "auto":
-        return int(tokenization.max_length)
+        return min(int(tokenization.max_length), model_context)
     if not totals:
         return model_context
     return min(percentile(totals, 99), model_context)
+
+
+def max_length_note(tokenization: TokenizationConfig, model_context: int) -> str | None:
+    """What the prepare summary says when an explicit `tokenization.max_length` was capped by the model's context
+    (`resolve_max_length`), else None.
+
+    >>> max_length_note(TokenizationConfig(max_length=4096), 2048)
+    "tokenization.max_length=4096 is longer than the model's context: capped at 2048 tokens"
+    """
+    if tokenization.max_length == "auto" or int(tokenization.max_length) <= model_context:
+        return None
+    return (f"tokenization.max_length={tokenization.max_length} is longer than the model's context: "
+            f"capped at {model_context} tokens")
 
 
 @dataclass(frozen=True)

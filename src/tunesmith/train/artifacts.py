@@ -16,7 +16,9 @@ def run_info(model_cfg: ModelConfig, training: TrainingConfig, template: Templat
     """What `tunesmith.json` records: base model, method and the template exactly as training rendered it.
 
     The template is the run's section with `auto` replaced by the name preparation resolved, and a Jinja file's
-    text in place of its path, so the saved model renders prompts the same wherever it goes.
+    text in place of its path, so the saved model renders prompts the same wherever it goes. `stripped_template`
+    names the baked-in form removed from the training prompts (None when none was), so a user prompt pasted in
+    that form is stripped the same way before the model sees it (`tunesmith.use.generation.Generator.render`).
     """
     resolved = {"name": manifest.template}
     if template.name == "jinja":
@@ -25,7 +27,8 @@ def run_info(model_cfg: ModelConfig, training: TrainingConfig, template: Templat
     return {"base_model": model_cfg.name, "base_model_path": resolve_model_path(model_cfg.name),
             "model": model_cfg.model_dump(mode="json"), "method": training.method,
             "template": template.model_dump(mode="json"), "max_length": manifest.max_length,
-            "train_on": manifest.train_on}
+            "train_on": manifest.train_on,
+            "stripped_template": manifest.stripped_template.form if manifest.stripped_template else None}
 
 
 def save_model(paths: RunPaths, model, tokenizer, info: dict, merge: bool):

@@ -5,6 +5,8 @@ backward casts its bf16 gradient back to fp32. For a 135M model on a 2-core CPU 
 Here each Linear weight is cast once: to bf16 after each optimizer step (trainable weights) or once for the
 whole run (frozen weights, LoRA's base). The numbers are the ones autocast produces: the forward multiplies the
 same bf16 weights, and the gradient reaching the fp32 master is the same bf16 gradient, converted.
+Used on CPUs only (speed.py): on a GPU the copies and fp32 gradient buffers would cost memory for no
+time won.
 
 - Trainable weights (full finetuning) stay fp32 in the model: they are the masters the optimizer updates and
   checkpoints save. The forward runs on bf16 copies (`functional_call`); each copy's gradient is added to its
@@ -119,7 +121,11 @@ def frozen_to_bf16(model: torch.nn.Module) -> int:
 
 @torch.no_grad()
 def restore_frozen(model: torch.nn.Module, model_cfg: ModelConfig) -> None:
-    """Put the frozen bf16 weights back in fp32, exactly as stored in the model file (for merging and saving)."""
+    """Put the frozen bf16 weights back in fp32, exactly as stored in the model file (for merging and saving).
+
+    The file loads onto the CPU: each weight goes back onto its own parameter's device, or a base left on the
+    CPU under adapters on a GPU would fail the merge and every later forward.
+    """
     from tunesmith.models import load_model
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -130,6 +136,6 @@ def restore_frozen(model: torch.nn.Module, model_cfg: ModelConfig) -> None:
         target = base.get_submodule(name)
         target = getattr(target, "base_layer", target)
         if target.weight.dtype == torch.bfloat16 and not target.weight.requires_grad:
-            target.weight.data = module.weight.data
+            target.weight.data = module.weight.data.to(device=target.weight.device, dtype=torch.float32)
     if original.get_output_embeddings().weight is original.get_input_embeddings().weight:
         base.get_output_embeddings().weight = base.get_input_embeddings().weight  # tied again, as in the file

@@ -1,16 +1,17 @@
 """Checkpoints: `checkpoints/step-N/` to resume from, and `checkpoints/best/` with the best weights so far.
 
 A checkpoint holds the trainable weights (`trainable.safetensors`), the optimizer (`optimizer.pt`), the
-`trainer_state.json` (TrainState plus every process's RNG state) and the metrics so far. Each folder is written
-whole under a temporary name and renamed; the `latest` pointer is written after it, so a run killed at any
-moment leaves the previous checkpoint loadable.
+`trainer_state.json` (TrainState plus every process's RNG state), the `fingerprint.json` of the settings it was
+trained with (fingerprint.py) and the metrics so far. Each folder is written whole under a temporary name and
+renamed; the `latest` pointer is written after it, so a run killed at any moment leaves the previous checkpoint
+loadable.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 
 from tunesmith.errors import TrainingError
-from tunesmith.runs import RunPaths, atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from tunesmith.runs import RunPaths, atomic_dir, atomic_write_json, atomic_write_text
+from tunesmith.train.fingerprint import FINGERPRINT_FILE, check_fingerprint
 from tunesmith.train.state import TrainState
 
 LATEST = "latest"
@@ -94,8 +96,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(paths: RunPaths, step: int, model, optimizer, state: TrainState, rng_states: list[dict],
-                    keep: int) -> Path:
+                    keep: int, fingerprint: dict | None = None) -> Path:
     """Write `checkpoints/step-N/` whole, then point `latest` at it, then drop checkpoints beyond `keep`.
+
+    `fingerprint` (fingerprint.py) goes in as `fingerprint.json`, so a resume can check the settings it continues.
 
     Raises:
         TrainingError: the disk is full or not writable; the previous checkpoint is untouched.
@@ -108,10 +112,15 @@ def save_checkpoint(paths: RunPaths, step: int, model, optimizer, state: TrainSt
     with writing(f"checkpoint {folder}", keep_note):
         with atomic_dir(folder) as tmp:
             save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-            buffer = io.BytesIO()
-            torch.save(optimizer.state_dict(), buffer)
-            atomic_write_bytes(tmp / "optimizer.pt", buffer.getvalue())
+            # straight into the file: the folder is renamed whole when complete, and a buffer copied to disk
+            # would hold the AdamW state twice in host memory (two fp32 copies of every trainable weight)
+            with open(tmp / "optimizer.pt", "wb") as file:
+                torch.save(optimizer.state_dict(), file)
+                file.flush()
+                os.fsync(file.fileno())  # as durable as the files written by atomic_write_bytes
             atomic_write_json(tmp / "trainer_state.json", state.to_json(rng_states))
+            if fingerprint is not None:
+                atomic_write_json(tmp / FINGERPRINT_FILE, fingerprint)
             if paths.metrics.is_file():
                 shutil.copyfile(paths.metrics, tmp / "metrics.jsonl")
         atomic_write_text(paths.checkpoints / LATEST, folder.name)
@@ -122,13 +131,19 @@ def save_checkpoint(paths: RunPaths, step: int, model, optimizer, state: TrainSt
     return folder
 
 
-def load_checkpoint(folder: Path, model, optimizer, device: torch.device,
-                    world_size: int) -> tuple[TrainState, list[dict]]:
+def load_checkpoint(folder: Path, model, optimizer, device: torch.device, world_size: int,
+                    fingerprint: dict | None = None) -> tuple[TrainState, list[dict]]:
     """Load a checkpoint's weights and optimizer into `model` and `optimizer`; returns (state, RNG states).
 
+    With `fingerprint` (this run's, fingerprint.py) the checkpoint's own is compared first, before any weight is
+    loaded; a checkpoint without one (older tunesmith) is checked for the number of processes alone.
+
     Raises:
-        TrainingError: the checkpoint does not fit this model, or was saved with another number of processes.
+        TrainingError: settings that change the run's course differ (every one named), the checkpoint does not
+            fit this model, or it was saved with another number of processes.
     """
+    if fingerprint is not None:
+        check_fingerprint(folder, fingerprint)
     load_trainable_state(model, folder)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
     saved = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))

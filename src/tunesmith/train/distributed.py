@@ -17,6 +17,7 @@ from tunesmith.evaluate.test_loss import test_batches, test_loss
 from tunesmith.modeling.precision import autocast_for
 from tunesmith.models import default_device
 from tunesmith.prepare.tokenization import IGNORE_INDEX
+from tunesmith.train.speed import SpeedChoices
 
 
 def uses_cpu() -> bool:
@@ -28,10 +29,22 @@ def uses_cpu() -> bool:
 
 
 def process_state():
-    """accelerate's view of the processes of this run (rank, world size, main process)."""
+    """accelerate's view of the processes of this run (rank, world size, main process).
+
+    A PartialState holds no precision; the Accelerator made later (`make_accelerator`) sets it."""
     from accelerate import PartialState
 
     return PartialState(cpu=uses_cpu())
+
+
+def make_accelerator():
+    """The run's Accelerator, with mixed precision off whatever `accelerate launch` or `accelerate config` put in
+    ACCELERATE_MIXED_PRECISION: tunesmith runs its own autocast and GradScaler (training.precision), and
+    accelerate's would wrap the forward in a second autocast (bf16 under `precision: fp32`) or add a second
+    loss scaler under fp16."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=uses_cpu(), mixed_precision="no")
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,8 @@ class Runtime:
     device: torch.device
     precision: str
     """fp32, bf16 or fp16, resolved for the device (`auto` made concrete)."""
+    speed: SpeedChoices
+    """The device's speed choices (speed.py)."""
 
 
 def gather_objects(obj) -> list:
@@ -94,11 +109,18 @@ def evaluate_loss(loss_model, examples: list[dict], training: TrainingConfig, ma
                   precision: str, accelerator, forward=None) -> float | None:
     """Test loss now: each process takes every world_size-th test example; the sums are added over processes.
 
-    `forward` runs the model (default: `loss_model` itself; bf16 copies of its weights during bf16 training)."""
+    `forward` runs the model (default: `loss_model` itself; bf16 copies of its weights during bf16 training).
+
+    The batches run through the module inside the DDP wrapper: DDP's forward may talk to the other processes
+    (it broadcasts buffers), and processes with different numbers of test batches (one may have none) would
+    then wait on collectives that never match. The one collective is the reduce of the two sums, which every
+    process reaches once.
+    """
     mine = examples[accelerator.process_index::accelerator.num_processes]
-    loss_model.eval()
-    result = test_loss(forward or loss_model,
+    inner = accelerator.unwrap_model(loss_model)
+    inner.eval()
+    result = test_loss(forward or inner,
                        test_batches(mine, training.batch_size, training.packing, max_row_tokens, pad_token_id),
                        accelerator.device, precision, reduce=lambda t: accelerator.reduce(t, reduction="sum"))
-    loss_model.train()
+    inner.train()
     return result.loss if result is not None else None

@@ -11,8 +11,9 @@ Choices that make this trainer better than a generic one:
 - Examples are packed into rows (modeling/packing.py), so almost no compute goes to padding.
 - The output layer runs only at loss-bearing positions, in chunks, so memory never scales with
   sequence × vocabulary.
-- In bf16, matrix weights are cast once per step (LoRA's frozen base once per run), not in every forward and
-  backward as plain autocast does: the same numbers, less time (bf16_weights.py).
+- In bf16 on a CPU, matrix weights are cast once per step (LoRA's frozen base once per run), not in every
+  forward and backward as plain autocast does: the same numbers, less time (bf16_weights.py). Such choices are
+  made by device in one place (speed.py): on a GPU they would only cost memory.
 - The learning rate is a pure function of the step, and the data order a pure function of seed and epoch
   (schedule.py), so a resumed run continues exactly where it stopped; checkpoints are written atomically with a
   `latest` pointer written last (checkpoints.py).
@@ -24,6 +25,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,10 +53,12 @@ from tunesmith.train.checkpoints import (
     set_rng_state,
     writing,
 )
-from tunesmith.train.distributed import Runtime, accumulate_gradients, evaluate_loss, gather_objects, uses_cpu
+from tunesmith.train.distributed import Runtime, accumulate_gradients, evaluate_loss, gather_objects, make_accelerator
+from tunesmith.train.fingerprint import resume_notes, run_fingerprint
 from tunesmith.train.model import Learner, build_model, unwrap_after_training, wrap_for_training
 from tunesmith.train.optim import apply_gradients, build_optimizer, set_learning_rate
 from tunesmith.train.schedule import StepPlan, plan_steps, step_examples
+from tunesmith.train.speed import speed_choices
 from tunesmith.train.state import Clock, TrainResult, TrainState
 from tunesmith.train.stopping import RunStatus, StopSignal
 
@@ -92,16 +96,21 @@ class Run:
     status: RunStatus | None = None
     """`<run>/status.json`, refreshed with each metrics line."""
     on_log: LogCallback | None = None
+    fingerprint: dict | None = None
+    padding_side: str = "right"
+    """`tokenization.padding_side`: where unpacked training batches are padded."""
+    """The settings that decide the run's course (fingerprint.py): saved with each checkpoint, checked on resume."""
 
 
 def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, template: TemplateConfig,
           resume: bool = False, on_metrics: MetricsCallback | None = None,
-          on_log: LogCallback | None = None) -> TrainResult:
+          on_log: LogCallback | None = None, padding_side: str = "right") -> TrainResult:
     """Train on the run's prepared data and save the model to `paths.model` (and `paths.merged_model`).
 
     `template` is the run's template section, recorded (resolved) in the saved model's `tunesmith.json`.
     `on_metrics(paths, metrics)` is called on the main process after each metrics line with a test loss, and
-    once at the end; `on_log(line)` after every metrics line. SIGTERM or SIGINT stops after the current step
+    once at the end; `on_log(line)` after every metrics line. `padding_side` is `tokenization.padding_side`, for
+    unpacked batches. SIGTERM or SIGINT stops after the current step
     with a checkpoint (`TrainResult.stopped`); `<run>/status.json` says how the run stands throughout.
 
     Raises:
@@ -113,11 +122,12 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, tem
     data = load_data(paths, runtime.world)
     plan = plan_steps(training, len(data.train), runtime.world)
     run = Run(paths, training, runtime, data, plan, on_metrics, RunStatus(paths, runtime.is_main, plan.total_steps),
-              on_log)
+              on_log, run_fingerprint(model_cfg, training, data.manifest, runtime.world, runtime.precision, plan),
+              padding_side=padding_side)
 
     with StopSignal() as stop, run.status.failing_on_error():
         tokenizer = load_tokenizer(model_cfg)
-        model = build_model(model_cfg, training).to(runtime.device)
+        model = build_model(model_cfg, training, runtime.speed).to(runtime.device)
         optimizer = build_optimizer(model, training, run.plan.peak_lr)
         state = resume_or_start(run, model, optimizer, resume)
         learner = wrap_for_training(model, optimizer, tokenizer, training, runtime)
@@ -141,17 +151,16 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, tem
 
 def setup(training: TrainingConfig) -> Runtime:
     """Start (or join) the run's processes; fix threads, precision and the seeds."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=uses_cpu())
+    accelerator = make_accelerator()
     if training.num_threads:
         torch.set_num_threads(training.num_threads)
     random.seed(training.seed)
     np.random.seed(training.seed)
     torch.manual_seed(training.seed)
+    precision = resolve_precision(training.precision, accelerator.device)
     return Runtime(accelerator=accelerator, rank=accelerator.process_index, world=accelerator.num_processes,
-                   is_main=accelerator.is_main_process, device=accelerator.device,
-                   precision=resolve_precision(training.precision, accelerator.device))
+                   is_main=accelerator.is_main_process, device=accelerator.device, precision=precision,
+                   speed=speed_choices(accelerator.device.type, training.method, precision))
 
 
 def load_data(paths: RunPaths, world_size: int) -> TrainData:
@@ -177,7 +186,8 @@ def resume_or_start(run: Run, model, optimizer, resume: bool) -> TrainState:
     start: old checkpoints and metrics of this run removed.
 
     Raises:
-        TrainingError: `resume` without a complete checkpoint, or one saved with another number of processes.
+        TrainingError: `resume` without a complete checkpoint, or one saved with settings that change the run's
+            course (fingerprint.py; the number of processes alone for checkpoints without a fingerprint).
     """
     paths, runtime = run.paths, run.runtime
     state = TrainState(world_size=runtime.world)
@@ -186,9 +196,12 @@ def resume_or_start(run: Run, model, optimizer, resume: bool) -> TrainState:
         if checkpoint is None:
             raise TrainingError(f"--resume: no complete checkpoint in {paths.checkpoints}; train without --resume "
                                 f"(set training.save_every_steps to get checkpoints)")
-        state, rng_states = load_checkpoint(checkpoint, model, optimizer, runtime.device, runtime.world)
+        state, rng_states = load_checkpoint(checkpoint, model, optimizer, runtime.device, runtime.world,
+                                            fingerprint=run.fingerprint)
         set_rng_state(rng_states[runtime.rank])
         if runtime.is_main:
+            for note in resume_notes(checkpoint, run.fingerprint, state.step):
+                warnings.warn(note, stacklevel=2)
             saved_metrics = checkpoint / "metrics.jsonl"
             with writing(f"metrics {paths.metrics}", "the checkpoint is intact"):
                 atomic_write_text(paths.metrics,
@@ -257,7 +270,7 @@ def train_step(run: Run, learner: Learner, step: int, state: TrainState, clock: 
     parts = [[data.train[i] for i in part]
              for part in step_examples(step, len(data.train), training, runtime.rank, runtime.world)]
     pad_id = learner.tokenizer.pad_token_id
-    batches = [make_batch(part, training.packing, data.max_row_tokens, pad_id) for part in parts]
+    batches = [make_batch(part, training.packing, data.max_row_tokens, pad_id, run.padding_side) for part in parts]
     local_tokens = sum(len(e["input_ids"]) for part in parts for e in part)
     loss_sum, loss_tokens, real_tokens = accumulate_gradients(learner.loss_model, batches, runtime.accelerator,
                                                               runtime.precision, local_tokens, learner.scaler.scale,
@@ -324,7 +337,7 @@ def checkpoint(run: Run, learner: Learner, state: TrainState, clock: Clock) -> N
     rng_states = [rng_state()] if runtime.world == 1 else gather_objects(rng_state())
     if runtime.is_main:
         save_checkpoint(run.paths, state.step, learner.model, learner.optimizer, state, rng_states,
-                        run.training.keep_checkpoints)
+                        run.training.keep_checkpoints, fingerprint=run.fingerprint)
     runtime.accelerator.wait_for_everyone()
 
 

@@ -12,16 +12,19 @@ from tunesmith.config import ModelConfig, TrainingConfig
 from tunesmith.errors import TrainingError
 from tunesmith.modeling.losses import CausalLMLoss
 from tunesmith.modeling.packing import register_packed_attention
-from tunesmith.models import apply_lora, default_device, load_model, resolve_model_path
+from tunesmith.models import apply_lora, load_causal_lm, load_model
 from tunesmith.train.bf16_weights import TrainableCopies, bf16_trainable_copies, frozen_to_bf16, restore_frozen
 from tunesmith.train.distributed import Runtime
+from tunesmith.train.speed import SpeedChoices
 
 
-def build_model(model_cfg: ModelConfig, training: TrainingConfig):
-    """The trainable model in fp32 master weights: full, or the base frozen under LoRA adapters.
+def build_model(model_cfg: ModelConfig, training: TrainingConfig, speed: SpeedChoices):
+    """The trainable model: full in fp32 master weights, or the base frozen under LoRA adapters (the base in
+    `speed.lora_base_dtype`: bf16 on a GPU, fp32 on a CPU, which casts it itself, bf16_weights.py).
 
     Raises:
         TrainingError: QLoRA without CUDA and bitsandbytes.
+        ModelError: the model cannot be loaded, or has only pickle weights without model.allow_pickle.
     """
     if training.method == "qlora":
         if not torch.cuda.is_available():
@@ -30,11 +33,12 @@ def build_model(model_cfg: ModelConfig, training: TrainingConfig):
 
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TrainingError("training.method=qlora needs bitsandbytes: `pip install bitsandbytes`")
-        model = load_4bit(model_cfg)
+        # accelerate has made this process's GPU the current one (its local rank)
+        model = load_4bit(model_cfg, torch.cuda.current_device(), torch.cuda.is_bf16_supported())
     else:
-        model = load_model(model_cfg, dtype=torch.float32)
+        model = load_model(model_cfg, dtype=speed.lora_base_dtype if training.method == "lora" else torch.float32)
     model.config.use_cache = False
-    if default_device().type == "cpu" and training.method != "qlora":
+    if speed.packed_attention:
         # On CPU, attention per example of the packed rows (packing.packed_attention): 3x less attention time
         # than eager under a block-diagonal mask, which in turn beats sdpa's flash kernel, whose backward costs a
         # fixed ~10 ms per layer however short the examples (tests/modeling/test_packing.py checks all give the
@@ -53,15 +57,26 @@ def attention_is_special(config) -> bool:
     return bool(getattr(config, "attn_logit_softcapping", None) or getattr(config, "sliding_window", None))
 
 
-def load_4bit(model_cfg: ModelConfig):
-    """The base model in 4-bit NF4 on the first GPU, computing in bf16, ready for adapters (QLoRA)."""
+def qlora_device_map(local_rank: int) -> dict:
+    """All of the 4-bit model on this process's own GPU: with several processes each loads its copy onto its
+    local rank's GPU, not all onto GPU 0."""
+    return {"": local_rank}
+
+
+def qlora_compute_dtype(bf16_supported: bool) -> torch.dtype:
+    """The dtype the 4-bit weights are dequantized to for each product: bf16, or fp16 on GPUs without bf16."""
+    return torch.bfloat16 if bf16_supported else torch.float16
+
+
+def load_4bit(model_cfg: ModelConfig, local_rank: int, bf16_supported: bool):
+    """The base model in 4-bit NF4 on this process's GPU, ready for adapters (QLoRA); safetensors only unless
+    model.allow_pickle, as every load (`models.load_causal_lm`)."""
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_cfg.name), quantization_config=quant,
-                                                 trust_remote_code=model_cfg.trust_remote_code, device_map={"": 0})
+                               bnb_4bit_compute_dtype=qlora_compute_dtype(bf16_supported))
+    model = load_causal_lm(model_cfg, quantization_config=quant, device_map=qlora_device_map(local_rank))
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
@@ -92,7 +107,7 @@ class Learner:
     """fp16 loss scaling against underflow; a no-op for bf16 and fp32."""
     trainable: list[torch.nn.Parameter]
     copies: TrainableCopies | None
-    """bf16 working copies of the trainable weights that run the forward (bf16, one process), else None."""
+    """bf16 working copies of the trainable weights that run the forward (bf16 on CPU, one process), else None."""
     lora_hooks: list
     frozen_in_bf16: bool
     """The frozen base was cast to bf16 for the run; `unwrap_after_training` reloads it in fp32."""
@@ -100,14 +115,14 @@ class Learner:
 
 def wrap_for_training(model, optimizer, tokenizer, training: TrainingConfig, runtime: Runtime) -> Learner:
     """The built (and possibly resumed) model and optimizer, made ready for the loop."""
-    precision = runtime.precision
-    lora_hooks = keep_lora_sums_fp32(model) if precision != "fp32" and training.method != "full" else []
-    # bf16: matrix weights are cast once (frozen: for the whole run; trainable: once per step) instead of by
-    # autocast in every forward and backward; same numbers, ~10% less time (see bf16_weights.py). One process
+    precision, speed = runtime.precision, runtime.speed
+    lora_hooks = keep_lora_sums_fp32(model) if speed.fp32_lora_sums else []
+    # bf16 on CPU: matrix weights are cast once (frozen: for the whole run; trainable: once per step) instead of
+    # by autocast in every forward and backward; same numbers, ~10% less time (see bf16_weights.py). One process
     # only: DDP synchronizes the fp32 parameters' gradients through hooks the bf16 copies would bypass.
-    frozen_in_bf16 = precision == "bf16" and training.method == "lora" and frozen_to_bf16(model) > 0
+    frozen_in_bf16 = speed.bf16_weights and training.method == "lora" and frozen_to_bf16(model) > 0
     loss_model, optimizer = runtime.accelerator.prepare(CausalLMLoss(model), optimizer)
-    copies = bf16_trainable_copies(loss_model) if precision == "bf16" and runtime.world == 1 else None
+    copies = bf16_trainable_copies(loss_model) if speed.bf16_weights and runtime.world == 1 else None
     loss_model.train()
     return Learner(model=model, tokenizer=tokenizer, loss_model=loss_model, optimizer=optimizer,
                    scaler=torch.amp.GradScaler(runtime.device.type, enabled=precision == "fp16"),

@@ -8,15 +8,16 @@ from tunesmith.config import TrainingConfig
 
 
 def build_optimizer(model: torch.nn.Module, training: TrainingConfig, peak_lr: float) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norms (1-D parameters), or Adafactor."""
+    """AdamW or Adafactor, either without weight decay on biases and norms (1-D parameters): decaying a norm's
+    gain toward 0 only shrinks its layer's output."""
     params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": training.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     if training.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(params, lr=peak_lr, scale_parameter=False, relative_step=False, warmup_init=False,
-                         weight_decay=training.weight_decay)
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": training.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        return Adafactor([g for g in groups if g["params"]], lr=peak_lr, scale_parameter=False,
+                         relative_step=False, warmup_init=False)
     # The fused kernel updates all parameters in one pass: 4x faster than the default loop for 135M fp32
     # parameters on a 2-core CPU (0.11 s vs 0.45 s a step), and it runs on CPU and CUDA alike.
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
