@@ -68,6 +68,7 @@ output: {{runs_dir: {tmp_path / 'runs'}, name: r}}
     run = tmp_path / "runs" / "r"
     assert "report:" in out and str(run / "report.html") in out
     assert "test loss:" in out and "base" in out and "finetuned" in out
+    assert out.index("key_fact_recall:") < out.index("test loss:") < out.index("rouge_l:")  # content first
     for produced in ("config.yaml", "metrics.jsonl", "loss.png", "model/config.json", "eval/metrics.json",
                      "data_stats.json"):
         assert (run / produced).is_file(), produced
@@ -78,3 +79,29 @@ output: {{runs_dir: {tmp_path / 'runs'}, name: r}}
     for label in ("base", "finetuned"):
         assert f"<td>{models[label]['loss']:,.4f}</td>" in metrics
         assert f"{models[label]['metrics']['rouge_l']['mean']:,.2f} <span" in metrics
+
+
+def test_train_keeps_the_prepare_notes_and_warns_once(tmp_path, tiny_model_dir):
+    """A notebook has no CLI to print what preparing said: the notes stay on the tuner and come as one warning.
+    The data had the qa template baked in, so the saved model records it and `generate` strips it again."""
+    import warnings
+
+    rows = [{"q": f"### Question:\nWhat is the code of box {i}?\n\n### Answer:", "a": f"Box {i} has code {i * 7}."}
+            for i in range(24)] + [{"q": "What is in box 99?", "a": ""}]
+    data = tmp_path / "marked.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tuner = Tuner(str(tiny_model_dir), **{"output.runs_dir": str(tmp_path / "runs"), "split.test_size": 4,
+                                         "training.precision": "fp32"})
+    tuner.load_data(data, input_key="q", output_key="a", on_error="skip")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuner.train(max_steps=1, method="full", max_length=64)
+    ours = [w for w in caught if w.filename.endswith("tuner.py")]
+    assert len(ours) == 1 and str(ours[0].message) == "\n".join(tuner.notes)
+    assert len(tuner.notes) == 2
+    assert tuner.notes[0].startswith("warning: skipped 1 invalid record of 25")
+    assert "### Question: / ### Answer:" in tuner.notes[1] and "24 of " in tuner.notes[1]
+    assert json.loads((tuner.model_dir / "tunesmith.json").read_text())["stripped_template"] == "qa"
+    plain = "What is the code of box 3?"
+    assert tuner.generate(f"### Question:\n{plain}\n\n### Answer:", max_new_tokens=3) == tuner.generate(
+        plain, max_new_tokens=3)

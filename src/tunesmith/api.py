@@ -48,19 +48,21 @@ def prepare_data(config_path: str | None = None, overrides: list[str] | None = N
     return _prepare(load_config(config_path, overrides))
 
 
-def _prepare(config: Config, on_prepared: Callable[[PrepareResult], None] | None = None) -> PrepareResult:
+def _prepare(config: Config, on_prepared: Callable[[PrepareResult], None] | None = None,
+             fresh_start: bool = False) -> PrepareResult:
     """The config's run folder, created, with its data prepared: the one place the api hands prepare its sections.
 
     The data paths are checked before the folder is made, so a mistyped path leaves no empty run behind.
     `on_prepared` sees the result before anything else runs, so a command can show its warnings (skipped records,
-    a stripped template: `PrepareResult.notes()`) before a long training starts.
+    a stripped template: `PrepareResult.notes()`) before a long training starts. `fresh_start` (training without
+    --resume follows) lets new data replace the run's checkpoints instead of being refused under them.
     """
     from tunesmith.prepare.pipeline import check_data_paths, prepare
     from tunesmith.runs import create_run
 
     check_data_paths(config.data)
     prepared = prepare(create_run(config), config.model, config.data, config.template, config.tokenization,
-                       config.split)
+                       config.split, fresh_start=fresh_start)
     if on_prepared is not None:
         on_prepared(prepared)
     return prepared
@@ -282,17 +284,18 @@ def train_config(config: Config, resume: bool = False,
         from tunesmith.train.distributed import process_state
 
         with process_state().main_process_first():
-            prepared = _prepare(config, on_prepared)
+            prepared = _prepare(config, on_prepared, fresh_start=not resume)
         is_main = process_state().is_main_process
     else:
-        prepared = _prepare(config, on_prepared)
+        prepared = _prepare(config, on_prepared, fresh_start=not resume)
     # only the main process logs to trackers (the loop calls on_log there alone)
     trackers = (Trackers.open(config.output, prepared.paths, config.model_dump(mode="json"), resume=resume)
                 if is_main else Trackers({}))
     status = "failed"
     try:
         trained = train(prepared.paths, config.model, config.training, config.template, resume=resume,
-                        on_metrics=_write_loss_plot, on_log=trackers.log_line)
+                        on_metrics=_write_loss_plot, on_log=trackers.log_line,
+                        padding_side=config.tokenization.padding_side)
         trackers.log_summary(trained.summary)
         status = "stopped" if trained.stopped else "finished"
     finally:
@@ -316,7 +319,8 @@ def train_run(config_path: str, overrides: list[str] | None = None, resume: bool
     """`tunesmith train CONFIG`: prepare (or reuse) the data, then train; `resume` continues the latest checkpoint.
 
     Resuming without `output.name` continues this config's run, else the newest run of the same data and method
-    that has a checkpoint.
+    whose checkpoint was trained with these settings (`max_steps`, `epochs` and the other keys of
+    train/fingerprint.py that may change aside).
 
     Raises:
         ConfigError, DataError, ModelError, RunError, TrainingError: each naming what and where.
@@ -331,10 +335,20 @@ def train_run(config_path: str, overrides: list[str] | None = None, resume: bool
 
 
 def _latest_resumable_run(config: Config) -> str:
-    """This config's own run folder when it has a checkpoint, else the newest `<data>-<method>-*` run with one
-    (so `--resume --set training.max_steps=N`, which changes the config, still continues the run)."""
-    from tunesmith.errors import RunError
+    """This config's own run folder when its checkpoint fits the config, else the newest `<data>-<method>-*` run
+    whose checkpoint does (so `--resume --set training.max_steps=N`, which changes the config and so the run's
+    name, still continues the run, and a run of another model, batch size or seed is passed over).
+
+    A checkpoint fits when its fingerprint (train/fingerprint.py) matches in every key the config tells before
+    preparing; one without a fingerprint (older tunesmith) fits as before, and training checks it further.
+
+    Raises:
+        RunError: no such run has a checkpoint.
+        TrainingError: some have, but none fits: the nearest is named with every key that differs.
+    """
+    from tunesmith.errors import RunError, TrainingError
     from tunesmith.runs import default_run_name
+    from tunesmith.train.fingerprint import config_trajectory, differences, latest_fingerprint
 
     own = default_run_name(config)
     prefix = own.rsplit("-", 1)[0] + "-"
@@ -343,7 +357,18 @@ def _latest_resumable_run(config: Config) -> str:
     if not runs:
         raise RunError(f"--resume: no run {prefix}* with a checkpoint in {config.output.runs_dir}/; "
                        f"name the run to continue with --set output.name=NAME")
-    return runs[0].name
+    now = config_trajectory(config.model, config.data, config.template, config.tokenization, config.split,
+                            config.training, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    differing = {}
+    for run in runs:
+        saved = latest_fingerprint(run / "checkpoints")
+        differing[run.name] = differences(saved["trajectory"], now) if saved else []
+        if not differing[run.name]:
+            return run.name
+    nearest = min(differing, key=lambda name: len(differing[name]))  # ties: the own run, then the newest
+    raise TrainingError(f"--resume: no run {prefix}* in {config.output.runs_dir}/ has a checkpoint trained with "
+                        f"these settings; the nearest, {nearest}, differs in {'; '.join(differing[nearest])}: "
+                        f"restore them, or train without --resume to start a new run")
 
 
 @dataclass(frozen=True)
@@ -360,7 +385,7 @@ class PipelineResult:
     metrics: dict
 
 
-HEADLINE_METRICS = ("rouge_l", "token_f1", "exact_match_normalized")
+HEADLINE_METRICS = ("key_fact_recall", "rouge_l", "token_f1", "exact_match_normalized")
 
 
 def run_config(config: Config, resume: bool = False, progress: bool = True,

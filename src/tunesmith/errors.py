@@ -40,12 +40,16 @@ class DataProblem:
 
 
 class DataError(TunesmithError):
-    """Input data is unreadable or invalid; carries every problem found (file, line, field)."""
+    """Input data is unreadable or invalid; carries every problem found (file, line, field).
+
+    `hint` is the way on (which setting lets the data through, what to check), printed after the problems.
+    """
 
     SHOWN = 20
 
     def __init__(self, problems: list[DataProblem] | DataProblem | str, file: str = "", line: int | None = None,
-                 field: str | None = None):
+                 field: str | None = None, *, hint: str | None = None):
+        self.hint = hint
         if isinstance(problems, str):
             problems = [DataProblem(file, line, field, problems)]
         elif isinstance(problems, DataProblem):
@@ -56,8 +60,9 @@ class DataError(TunesmithError):
         if more > 0:
             shown.append(f"... and {more} more problems")
         head = "data error" if len(self.problems) == 1 else f"{len(self.problems)} data problems"
-        super().__init__(f"{head}:\n" + "\n".join(f"  {s}" for s in shown) if len(self.problems) > 1
-                         else f"{head}: {shown[0]}")
+        message = (f"{head}:\n" + "\n".join(f"  {s}" for s in shown) if len(self.problems) > 1
+                   else f"{head}: {shown[0]}")
+        super().__init__(f"{message}\n{hint}" if hint else message)
 
 
 class ModelError(TunesmithError):

@@ -204,8 +204,10 @@ def is_run_folder(path: str | Path) -> bool:
 def read_run_info(model_dir: Path) -> dict | None:
     """The `tunesmith.json` next to a trained or exported model, or None for a plain model folder.
 
+    Its `stripped_template` names the baked-in form removed from the training prompts (null or absent: none).
+
     Raises:
-        RunError: the file is not JSON or lacks `base_model`.
+        RunError: the file is not JSON, lacks `base_model`, or its `stripped_template` is neither a name nor null.
     """
     path = model_dir / RUN_INFO_FILE
     if not path.is_file():
@@ -216,6 +218,10 @@ def read_run_info(model_dir: Path) -> dict | None:
         raise RunError(f"{path}: not valid JSON ({e}); it is written by `tunesmith train`") from None
     if not isinstance(info, dict) or "base_model" not in info:
         raise RunError(f"{path}: missing 'base_model'; it is written by `tunesmith train`")
+    stripped = info.get("stripped_template")
+    if stripped is not None and not isinstance(stripped, str):
+        raise RunError(f"{path}: 'stripped_template' must be a form name or null, not {stripped!r}; it is written "
+                       f"by `tunesmith train`")
     return info
 
 

@@ -6,6 +6,7 @@ and CLI users get the same runs.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,9 @@ class Tuner:
         self.config = _with(self.config, overrides)
         self.run: Path | None = None
         self.model_dir: Path | None = None
+        self.notes: list[str] = []
+        """What preparing the last `train` said (skipped invalid records, a stripped template): a notebook has no
+        CLI to print them, so they are kept here and also issued as one warning."""
         self._generator = None
 
     def load_data(self, path: str | Path, input_key: str | None = None, output_key: str | None = None,
@@ -53,6 +57,9 @@ class Tuner:
     def train(self, resume: bool = False, **settings) -> Tuner:
         """Prepare and train; keywords are training settings (`max_steps=20`, `method="lora"`, `max_length=256`).
 
+        What preparing reported (skipped records, a stripped template) lands in `notes` and is warned once
+        (`warnings.warn`), before training starts.
+
         Raises:
             ConfigError: an unknown or invalid setting.
         """
@@ -68,9 +75,16 @@ class Tuner:
             else:
                 dotted[key] = value  # "section.key" passes through; anything else fails validation by name
         self.config = _with(self.config, dotted)
-        prepared, result = train_config(self.config, resume=resume)
+        self.notes = []
+        prepared, result = train_config(self.config, resume=resume, on_prepared=self._keep_notes)
         self.run, self.model_dir, self._generator = prepared.paths.root, result.model_dir, None
         return self
+
+    def _keep_notes(self, prepared) -> None:
+        """`notes` of the preparation, and one warning listing them (a warning per note would repeat itself)."""
+        self.notes = prepared.notes()
+        if self.notes:
+            warnings.warn("\n".join(self.notes), UserWarning)
 
     def evaluate(self, which: str | None = None, limit: int | None = None, progress: bool = True) -> dict:
         """Test loss and generation metrics (base vs finetuned by default) as a plain dict.

@@ -190,3 +190,30 @@ def test_on_error_outcome_says_what_training_does_and_the_way_on():
     assert on_error_outcome("auto", 2, 100).startswith("training stops: 2 of 100 records (2.0%)")
     assert "--on-error skip" in on_error_outcome("fail", 1, 1400)
     assert on_error_outcome("skip", 50, 100).startswith("training skips 50 of 100")
+
+
+class TestWayOn:
+    """The way on is the error's `hint`, printed after the problems, so callers can read it without parsing."""
+
+    def test_a_hint_follows_the_problems_and_none_changes_nothing(self):
+        problems = [DataProblem("f", 1, "answer", "empty"), DataProblem("f", 2, None, "invalid JSON")]
+        plain = DataError(problems)
+        hinted = DataError(problems, hint="check data.shape")
+        assert plain.hint is None and str(hinted) == f"{plain}\ncheck data.shape"
+        assert str(DataError("no records", file="f", hint="add some")) == "data error: f: no records\nadd some"
+
+    def test_too_many_invalid_records_carry_the_on_error_outcome_as_hint(self, tmp_path):
+        path = write_dirty(tmp_path / "d.jsonl", good=197, bad=2)
+        with pytest.raises(DataError) as info:
+            load_records(path, DataConfig())
+        assert info.value.hint == on_error_outcome("auto", 2, 199)
+        assert str(info.value).endswith("\n" + info.value.hint)
+        assert str(info.value).count(info.value.hint) == 1
+
+    def test_no_valid_record_names_the_key_settings_in_its_hint(self, tmp_path):
+        path = tmp_path / "d.jsonl"
+        path.write_text('{"question": "q", "answer": 1}\n{oops\n')
+        with pytest.raises(DataError) as info:
+            load_records(path, DataConfig(on_error="skip"))
+        assert info.value.hint.startswith("none of the 2 records is valid") and "data.prompt_key" in info.value.hint
+        assert str(info.value).startswith("2 data problems:") and str(info.value).endswith(info.value.hint)

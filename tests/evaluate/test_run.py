@@ -102,6 +102,11 @@ def test_evaluate_run_writes_metrics_and_predictions(trained_run):
         for label in ("base", "finetuned"):
             assert set(row[label]) >= {"output", "finish_reason", "metrics", "errors"}
         assert row["base"]["output"] == row["finetuned"]["output"]
+        # key-fact recall's key words: "Item 3 is thing number 3, kept in box 21." keeps the box; the words all
+        # answers share and the item number the question asks about are no key facts
+        box = record["response"].rsplit(" ", 1)[-1].rstrip(".")
+        assert box in row["key_words"] and not {"item", "box", "kept"} & set(row["key_words"])
+    assert "key words" in saved["key_fact_recall"]
 
 
 def test_plain_model_needs_a_data_file(tiny_model_dir):
@@ -169,3 +174,69 @@ def test_loss_over_1000_examples_shows_progress_and_never_builds_full_logits(tin
     assert sum(shape[0] for shape in logits) == 1000 * 6
     assert max(shape.numel() for shape in logits) <= 64 * 49152  # never a (batch x positions x vocabulary) tensor
     assert "1000/1000" in capsys.readouterr().err
+
+
+def _qa_file(path, marked: bool):
+    """Question/answer records; `marked` bakes the qa template into them, as some downloaded files do."""
+    rows = [{"question": f"### Question:\nWhat is item {i}?\n\n### Answer:" if marked else f"What is item {i}?",
+             "answer": ("### Answer: " if marked and i == 0 else "") + f"Item {i} is in box {i * 7}."}
+            for i in range(4)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+class TestStrippedForm:
+    """A run whose training prompts lost a baked-in template has an eval file's records lose it too."""
+
+    def eval_set(self, path, tokenizer, stripped_form):
+        from tunesmith.config import DataConfig
+
+        return ev.eval_set_from_file(path, DataConfig(), tokenizer, TemplateConfig(), TokenizationConfig(), 128,
+                                     stripped_form=stripped_form)
+
+    def test_marked_records_become_the_plain_ones(self, tmp_path, tokenizer):
+        plain = self.eval_set(_qa_file(tmp_path / "plain.jsonl", False), tokenizer, None)
+        stripped = self.eval_set(_qa_file(tmp_path / "marked.jsonl", True), tokenizer, "qa")
+        assert [(r.prompt, r.response) for r in stripped.records] == [(r.prompt, r.response) for r in plain.records]
+        assert stripped.examples == plain.examples
+
+    def test_without_a_form_the_records_stay_as_written(self, tmp_path, tokenizer):
+        kept = self.eval_set(_qa_file(tmp_path / "marked.jsonl", True), tokenizer, None)
+        assert kept.records[0].prompt.startswith("### Question:") and kept.records[0].response.startswith("###")
+
+    def test_eval_with_a_data_file_uses_the_runs_form(self, trained_run, tmp_path):
+        info_file = trained_run.model / "tunesmith.json"
+        info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "stripped_template": "qa"}))
+        marked = _qa_file(tmp_path / "marked.jsonl", True)
+        ev.evaluate(str(trained_run.root), ["finetuned"], EvalConfig(max_new_tokens=2, bootstrap_samples=10),
+                    paths=trained_run, data=str(marked), precision="fp32", out_dir=tmp_path / "eval", progress=False)
+        rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+        assert [row["reference"] for row in rows] == [f"Item {i} is in box {i * 7}." for i in range(4)]
+        assert not any("### Question" in row["prompt"] for row in rows)
+
+
+class TestKeyFactScoring:
+    """Key-fact recall needs the whole reference set (what is distinctive) and each question (what is given)."""
+
+    def test_question_of_is_everything_before_the_answer(self):
+        from tunesmith.data import Message
+
+        pair = Record("t.jsonl", 1, "qa", prompt="Price of the Wren?", input="the kettle", response="39 euros",
+                      system="Be brief.")
+        chat = Record("t.jsonl", 2, "chat", messages=(Message("user", "Hi"), Message("assistant", "Hello"),
+                                                      Message("user", "Wren price?"), Message("assistant", "39")))
+        assert ev.question_of(pair) == "Be brief.\nPrice of the Wren?\nthe kettle"
+        assert ev.question_of(chat) == "Hi\nHello\nWren price?"
+
+    def test_scores_use_the_key_words_of_the_set(self):
+        from types import SimpleNamespace
+
+        references = ["The Wren costs 39 euros. Bye.", "The Finch costs 45 euros. Bye.",
+                      "The Heron costs 89 euros. Bye."]
+        generations = [SimpleNamespace(text="The Wren costs 45 euros. Bye.", finish_reason="stop")] * 3
+        keys = [{"39"}, {"45"}, {"89"}]
+        scored = ev.score_generations(generations, references, keys)
+        assert [s["metrics"]["key_fact_recall"] for s in scored] == [0.0, 100.0, 0.0]
+        # by default the key words come from the references as a set: "wren" and "39" for the first
+        by_default = ev.score_generations(generations, references)
+        assert by_default[0]["metrics"]["key_fact_recall"] == 50.0

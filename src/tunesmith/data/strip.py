@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
-from tunesmith.data.records import Record
+from tunesmith.data.records import Message, Record
 
 __all__ = ["FORM_LABELS", "STRIPPERS", "Stripped", "Unbaked", "baked_form", "strip_alpaca", "strip_chatml",
            "strip_inst", "strip_prompt", "strip_qa", "strip_record", "strip_response", "strip_templates"]
@@ -243,3 +243,30 @@ def strip_templates(records: list[Record], setting: bool | str) -> tuple[list[Re
     old, new = changed[0]
     return out, Stripped(name, form, carried, len(changed), len(records), where=old.where, before=old.prompt,
                          after=new.prompt)
+
+
+def unbake(record: Record, form: str | None) -> Record:
+    """A prompt record without the baked-in template `form` that training stripped from its data, else as is.
+
+    A pair record is stripped as training stripped its records (`strip_record`); in a conversation each user
+    turn in that form loses its markers, and a baked system text becomes the system turn when there is none.
+
+    >>> from tunesmith.data.prompts import as_prompt_record
+    >>> unbake(as_prompt_record("### Question:\\n2+2?\\n\\n### Answer:"), "qa").messages[0]
+    Message(role='user', content='2+2?')
+    """
+    if form is None or record.kind == "text":
+        return record
+    if record.kind == "pair":
+        return strip_record(record, form)
+    messages, system = [], None
+    for message in record.messages:
+        unbaked = STRIPPERS[form](message.content) if message.role == "user" else None
+        if unbaked is None:
+            messages.append(message)
+            continue
+        messages.append(Message("user", "\n\n".join(p for p in (unbaked.prompt, unbaked.input) if p)))
+        system = system or unbaked.system
+    if system and not any(m.role == "system" for m in messages):
+        messages.insert(0, Message("system", system))
+    return dataclasses.replace(record, messages=tuple(messages))

@@ -123,13 +123,6 @@ def on_error_outcome(on_error: str, invalid: int, total: int) -> str:
             f"or auto to skip up to {AUTO_SKIP_PERCENT}% (--set data.on_error=skip; --on-error skip for data inspect)")
 
 
-def _error_with_way_on(problems: list[DataProblem], way_on: str) -> DataError:
-    """A DataError listing every problem, as `DataError` does, and then saying how to go on."""
-    error = DataError(problems)
-    error.args = (f"{error.args[0]}\n{way_on}",)
-    return error
-
-
 def check_record(record: Record, columns: Columns | None = None) -> list[DataProblem]:
     """Content problems of an already well-formed record: empty parts, conversations nobody answers.
 
@@ -204,8 +197,8 @@ def read_records(path: str | Path, data: DataConfig) -> LoadedData:
     rejected = sorted(rejected + bad, key=lambda r: r.problem.line or 0)
     problems = [r.problem for r in rejected]
     if not records:
-        raise _error_with_way_on(problems, f"none of the {len(problems):,} records is valid: check data.shape and "
-                                           f"the key settings (data.prompt_key, data.response_key, ...)")
+        raise DataError(problems, hint=f"none of the {len(problems):,} records is valid: check data.shape and the "
+                                       f"key settings (data.prompt_key, data.response_key, ...)")
     return LoadedData(records=records, shape=shape, reason=reason, skipped=problems, file=file, rejected=rejected)
 
 
@@ -224,5 +217,5 @@ def load_records(path: str | Path, data: DataConfig) -> LoadedData:
     invalid = len(loaded.skipped)
     stops = data.on_error == "fail" or (data.on_error == "auto" and not is_small_share(invalid, loaded.total))
     if invalid and stops:
-        raise _error_with_way_on(loaded.skipped, on_error_outcome(data.on_error, invalid, loaded.total))
+        raise DataError(loaded.skipped, hint=on_error_outcome(data.on_error, invalid, loaded.total))
     return loaded

@@ -22,8 +22,9 @@ from typing import Sequence
 
 from tunesmith.data.choices import load_choice_items
 from tunesmith.evaluate.choices import score_choices
-from tunesmith.evaluate.metrics import (REPETITION_NGRAM, REPETITION_THRESHOLD, corpus_scores, error_flags,
-                                        error_shares, example_metrics, summarize_metrics)
+from tunesmith.evaluate.metrics import (KEY_WORD_MAX_SHARE, REPETITION_NGRAM, REPETITION_THRESHOLD, corpus_scores,
+                                        distinctive_words, error_flags, error_shares, example_metrics,
+                                        summarize_metrics)
 
 
 def response_loss(model, examples: Sequence[dict], pad_token_id: int, batch_size: int = 8,
@@ -65,6 +66,17 @@ def reference_of(record) -> str:
     return record.response
 
 
+def question_of(record) -> str:
+    """Everything the model is shown before the answer (system, prompt, input, earlier turns), as one text:
+    key-fact recall leaves its words out, since repeating them shows no fact learned.
+
+    Record(prompt="Price of the Wren?", input="", response="39 euros") -> "Price of the Wren?"
+    """
+    if record.kind == "chat":
+        return "\n".join(m.content for m in record.messages[:-1])
+    return "\n".join(part for part in (record.system, record.prompt, record.input) if part)
+
+
 def require_test_split(paths):
     """The run's `prepared/test_records.jsonl`, checked before any model is loaded.
 
@@ -98,17 +110,23 @@ def eval_set_from_run(paths, limit: int | None = None) -> EvalSet:
 
 
 def eval_set_from_file(path, data_config, tokenizer, template, tokenization, max_length: int,
-                       limit: int | None = None) -> EvalSet:
+                       limit: int | None = None, stripped_form: str | None = None) -> EvalSet:
     """Any data file the data layer reads, encoded with the model's template exactly as training would.
+
+    `stripped_form` is the baked-in template the run's training data was stripped of (`Generator.stripped_form`):
+    the file's records lose it too, prompts and references alike, so the model is measured on what it learned.
 
     Raises:
         DataError: the file cannot be read (see `tunesmith.data.load_records`).
     """
     from tunesmith.data import load_records
+    from tunesmith.data.strip import strip_record
     from tunesmith.prepare.tokenization import build_example, tokenize_records
 
     records = load_records(path, data_config).records
     records = records[:limit] if limit else records
+    if stripped_form:
+        records = [strip_record(record, stripped_form) for record in records]
     examples = [build_example(t, tokenization, max_length) for t in tokenize_records(records, tokenizer, template)]
     return EvalSet(records, [e for e in examples if e is not None], str(path))
 
@@ -120,10 +138,16 @@ def evaluate_generations(generator, records: Sequence, options, batch_size: int 
     return prompts, generator.generate(prompts, options, batch_size=batch_size, progress=progress)
 
 
-def score_generations(generations: Sequence, references: Sequence[str]) -> list[dict]:
-    """Per-example metrics and error flags of answers against their references."""
-    return [{"metrics": example_metrics(g.text, ref), "errors": error_flags(g.text, g.finish_reason)}
-            for g, ref in zip(generations, references)]
+def score_generations(generations: Sequence, references: Sequence[str],
+                      key_words: Sequence[set[str]] | None = None) -> list[dict]:
+    """Per-example metrics and error flags of answers against their references.
+
+    `key_words` are each reference's distinctive words within the whole evaluation set (`distinctive_words`);
+    without them, those of `references` taken as the set, with no questions to leave out.
+    """
+    keys = distinctive_words(references) if key_words is None else key_words
+    return [{"metrics": example_metrics(g.text, ref, key), "errors": error_flags(g.text, g.finish_reason)}
+            for g, ref, key in zip(generations, references, keys)]
 
 
 def model_summary(loss: dict, scored: Sequence[dict], generations: Sequence, references: Sequence[str],
@@ -160,12 +184,13 @@ def evaluate_models(target: str, labels: Sequence[str], eval_set_for, eval_confi
             eval_set = eval_set_for(generator)
             answerable = [r for r in eval_set.records if r.kind != "text"]
             references = [reference_of(r) for r in answerable]
-            rows = [{"index": i, "where": r.where, "reference": ref}
-                    for i, (r, ref) in enumerate(zip(answerable, references))]
+            key_words = distinctive_words(references, [question_of(r) for r in answerable])
+            rows = [{"index": i, "where": r.where, "reference": ref, "key_words": sorted(key)}
+                    for i, (r, ref, key) in enumerate(zip(answerable, references, key_words))]
         pad_id = generator.tokenizer.pad_token_id
         loss = response_loss(generator.model, eval_set.examples, pad_id, eval_config.batch_size, progress=progress)
         prompts, generations = evaluate_generations(generator, answerable, options, eval_config.batch_size, progress)
-        scored = score_generations(generations, references)
+        scored = score_generations(generations, references, key_words)
         for row, prompt, generation, score in zip(rows, prompts, generations, scored):
             row["prompt"] = prompt
             row[label] = {"output": generation.text, "finish_reason": generation.finish_reason,
@@ -184,6 +209,9 @@ def metrics_content(target: str, eval_set: EvalSet, n: int, options, models: dic
         "target": str(target), "source": eval_set.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "n": n, "n_loss": len(eval_set.examples),
         "scale": "metrics are 0-100; error shares are fractions 0-1",
+        "key_fact_recall": f"share of the reference's key words the answer contains: its numbers and the words "
+                           f"at most {KEY_WORD_MAX_SHARE:.0%} of the references contain, less the question's words "
+                           f"(each row's key_words in predictions.jsonl)",
         "normalization": "exact_match_normalized and token_f1 use SQuAD v1.1 normalization: lowercase, drop "
                          "punctuation and the articles a/an/the, collapse whitespace",
         "repetitive": f"more than {REPETITION_THRESHOLD:.0%} of the words lie in a word {REPETITION_NGRAM}-gram "
@@ -285,7 +313,7 @@ def evaluate(target: str, labels: Sequence[str], eval_config, *, paths=None, dat
         max_length = (Manifest.read(paths.manifest).max_length if prepared
                       else resolve_max_length(tokens, [], generator.context_length))
         return eval_set_from_file(data, data_config or DataConfig(), generator.tokenizer, generator.template,
-                                  tokens, int(max_length), eval_config.limit)
+                                  tokens, int(max_length), eval_config.limit, generator.stripped_form)
 
     metrics, rows = evaluate_models(target, labels, eval_set_for, eval_config, precision, progress)
     if out_dir is not None:

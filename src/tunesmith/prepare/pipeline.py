@@ -12,6 +12,7 @@ reuses the prepared data instead of redoing it.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,17 +119,43 @@ def _source(path: str) -> dict:
     return {"path": str(path), "sha256": file_sha256(path)}
 
 
+def _same_inputs(manifest: Manifest, sources: dict, prep_hash: str) -> bool:
+    """Whether `manifest` was made from these data files' content with these preparation settings."""
+    return (manifest.version == MANIFEST_VERSION and manifest.config_hash == prep_hash
+            and {"source": manifest.source.sha256, "test_source": manifest.test_source and manifest.test_source.sha256}
+            == {k: (v or {}).get("sha256") for k, v in sources.items()})
+
+
 def _reusable(paths: RunPaths, sources: dict, prep_hash: str) -> Manifest | None:
     """The existing manifest when it was made from the same inputs and its splits are all there."""
     try:
         manifest = Manifest.read(paths.manifest)
     except RunError:
         return None
-    same = (manifest.version == MANIFEST_VERSION and manifest.config_hash == prep_hash
-            and {"source": manifest.source.sha256, "test_source": manifest.test_source and manifest.test_source.sha256}
-            == {k: (v or {}).get("sha256") for k, v in sources.items()})
     complete = all((paths.prepared / split / "dataset_info.json").is_file() for split in ("train", "test"))
-    return manifest if same and complete else None
+    return manifest if _same_inputs(manifest, sources, prep_hash) and complete else None
+
+
+def _checkpoints_on_other_data(paths: RunPaths, sources: dict, prep_hash: str, fresh_start: bool) -> bool:
+    """Whether the run has checkpoints trained on a preparation these inputs would replace; they are what a
+    `--resume` continues, so new data must not slide in under them.
+
+    A run without a readable manifest has nothing to compare (training checks each checkpoint's fingerprint).
+
+    Raises:
+        RunError: there are such checkpoints and the caller does not start the training over (`fresh_start`).
+    """
+    folders = sorted(p.name for p in paths.checkpoints.glob("*") if p.is_dir()) if paths.checkpoints.is_dir() else []
+    try:
+        changes = bool(folders) and not _same_inputs(Manifest.read(paths.manifest), sources, prep_hash)
+    except RunError:
+        return False
+    if changes and not fresh_start:
+        raise RunError(f"{paths.checkpoints} holds checkpoints ({', '.join(folders)}) trained on other prepared "
+                       f"data; preparing again would change the data under them: pick a new run name "
+                       f"(--set output.name=NAME), delete {paths.checkpoints}, or train without --resume, which "
+                       f"starts this run over")
+    return changes
 
 
 def strip_setting(setting: bool | str, template_name: str) -> bool | str:
@@ -209,19 +236,22 @@ def _save_split(folder: Path, name: str, encoded: dict) -> None:
 
 
 def prepare(paths: RunPaths, model: ModelConfig, data: DataConfig, template: TemplateConfig,
-            tokenization: TokenizationConfig, split: SplitConfig) -> PrepareResult:
+            tokenization: TokenizationConfig, split: SplitConfig, fresh_start: bool = False) -> PrepareResult:
     """Tokenize the configured data into `<run>/prepared/{train,test}` plus records and manifest.
 
     `paths` is the run folder, made by the caller (`tunesmith.runs.create_run`, which also saves the config);
     the sections are the only settings read. Re-running with the same data files and preparation settings
-    reuses what is there (`reused=True`).
+    reuses what is there (`reused=True`). Checkpoints of the run trained on other prepared data are refused,
+    unless `fresh_start` (training starts over next, without --resume): then they are removed right before the
+    new data is saved, so no moment leaves new data under old checkpoints.
 
     Raises:
+        RunError: the data would change under the run's checkpoints (and not `fresh_start`).
         ConfigError: no data path, or a template/split setting that cannot work with this data.
         DataError: the data is invalid (every problem listed).
         ModelError: the tokenizer cannot be loaded.
     """
-    from tunesmith.prepare.tokenization import tokenize_for_model
+    from tunesmith.prepare.tokenization import max_length_note, tokenize_for_model
     from tunesmith.runs import atomic_write_json
 
     check_data_paths(data)
@@ -230,6 +260,7 @@ def prepare(paths: RunPaths, model: ModelConfig, data: DataConfig, template: Tem
     manifest = _reusable(paths, sources, prep_hash)
     if manifest is not None:
         return PrepareResult(paths, manifest, reused=True)
+    drop_checkpoints = _checkpoints_on_other_data(paths, sources, prep_hash, fresh_start)
 
     from tunesmith.prepare.split import split_records
 
@@ -245,6 +276,8 @@ def prepare(paths: RunPaths, model: ModelConfig, data: DataConfig, template: Tem
         raise DataError("no valid records to train on", file=data.path)
     measured = tokenize_for_model(train + test, model, template, tokenization)
     max_length = measured.max_length
+    capped = max_length_note(tokenization, measured.model_context)  # shown with the summary, again when reused
+    warnings = [*warnings, capped] if capped else warnings
     encoded = {"train": _encode_split(train, measured.tokenized[:len(train)], tokenization, max_length, "train"),
                "test": _encode_split(test, measured.tokenized[len(train):], tokenization, max_length, "test")}
     manifest = _manifest(sources, prep_hash, model, tokenization, loaded, measured, encoded,
@@ -253,6 +286,8 @@ def prepare(paths: RunPaths, model: ModelConfig, data: DataConfig, template: Tem
     if not encoded["train"]["examples"]:
         raise ConfigError(f"no training example is left after truncation to max_length={max_length}: "
                           f"raise tokenization.max_length")
+    if drop_checkpoints:
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
     _save(paths, encoded, manifest)
     atomic_write_json(paths.data_stats, data_statistics(train + test, measured.tokenized, train, test,
                                                         tokenization, max_length))

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from tunesmith.config import DecodingConfig, ModelConfig, TemplateConfig
 from tunesmith.data.prompts import as_prompt_record
 from tunesmith.data.records import Message, Record
+from tunesmith.data.strip import STRIPPERS, unbake
 from tunesmith.errors import GenerationError, ModelError, RunError
 from tunesmith.runs import RUN_INFO_FILE, locate_model
 
@@ -304,7 +305,11 @@ def stream_generate(model, tokenizer, prompt: str, options: GenerationOptions) -
 
 @dataclass
 class Generator:
-    """A model ready to answer: weights, tokenizer and the template it was trained with, kept together."""
+    """A model ready to answer: weights, tokenizer and the template it was trained with, kept together.
+
+    `stripped_form` is the baked-in template training stripped from its prompts (`tunesmith.json`'s
+    `stripped_template`): a user who pastes a prompt in that form gets the answer training taught for it.
+    """
 
     model: object
     tokenizer: object
@@ -312,6 +317,7 @@ class Generator:
     name: str
     base_model: str
     method: str | None = None
+    stripped_form: str | None = None
 
     @property
     def context_length(self) -> int:
@@ -322,12 +328,15 @@ class Generator:
     def render(self, item: Record | Sequence[Message | dict] | str) -> str:
         """The prompt text for a record, a conversation ending with a user turn, or a bare user message.
 
+        A prompt in the baked-in form training stripped is stripped first (`unbake`), so it renders as the
+        plain question does.
+
         >>> gen.render("Hi")  # doctest: +SKIP
         '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
         """
         from tunesmith.prepare.templates import render_prompt
 
-        return render_prompt(as_prompt_record(item), self.template, self.tokenizer)
+        return render_prompt(unbake(as_prompt_record(item), self.stripped_form), self.template, self.tokenizer)
 
     def count_tokens(self, prompt: str) -> int:
         """How many tokens a rendered prompt takes, counted as generation will feed it (0 for nothing)."""
@@ -356,7 +365,7 @@ def load_for_inference(run_or_model: str, which: Literal["finetuned", "base"] = 
     """Load a run's model (or its base) with the template it was trained with, or any model with `auto`.
 
     Raises:
-        RunError: a run folder without a trained model, or a broken `tunesmith.json`.
+        RunError: a run folder without a trained model, or a broken `tunesmith.json` (an unknown stripped form too).
         ModelError: the model cannot be loaded; `which` is not finetuned/base.
     """
     from tunesmith.models import default_device, load_model_for, load_tokenizer_for, torch_dtype
@@ -372,6 +381,8 @@ def load_for_inference(run_or_model: str, which: Literal["finetuned", "base"] = 
         try:
             model_config = ModelConfig.model_validate({**(info.get("model") or {}), "name": info["base_model"]})
             template = TemplateConfig.model_validate(info.get("template") or {})
+            if info.get("stripped_template") not in (None, *STRIPPERS):  # prompts could not be stripped as trained
+                raise TypeError(f"stripped_template={info['stripped_template']!r} is none of {', '.join(STRIPPERS)}")
         except (ValidationError, TypeError) as e:
             raise RunError(f"{model_dir / RUN_INFO_FILE}: invalid model or template entry ({e}); it is written "
                            f"by `tunesmith train`") from None
@@ -384,4 +395,4 @@ def load_for_inference(run_or_model: str, which: Literal["finetuned", "base"] = 
     return Generator(model=model, tokenizer=tokenizer, template=template,
                      name=name if which == "finetuned" else f"{name}:base",
                      base_model=info["base_model"] if info else run_or_model,
-                     method=(info or {}).get("method"))
+                     method=(info or {}).get("method"), stripped_form=(info or {}).get("stripped_template"))
