@@ -11,12 +11,7 @@ the other commands go through `tunesmith.cli.main` in this process, which saves 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +21,8 @@ import yaml
 
 from tunesmith.cli import main
 from tunesmith.config import FromDocsConfig
+
+from servers import tunesmith_serve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,39 +34,6 @@ TEACHER_STEPS = 80
 """Full finetuning steps at TEACHER_LR after which greedy decoding repeats the one answer word for word (50 steps
 already did, at test loss 0.07; 120 reached 0.01 at 3e-3)."""
 TEACHER_LR = 5e-3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(target: Path):
-    """`tunesmith serve TARGET` as its own process until the `with` ends; yields its `/v1` URL."""
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", str(target), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                               env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, f"tunesmith serve exited: {process.stdout.read()}"
-            assert time.monotonic() < deadline, "tunesmith serve did not start in 90 s"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/models", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.3)
-        yield url
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _write_config(path: Path, model: Path, data: Path, name: str, training: dict) -> Path:
@@ -114,7 +78,7 @@ def test_serve_generate_inspect_train_eval_report_serve(tiny_model_dir, tmp_path
     lap("train teacher")
 
     qa = tmp_path / "qa.jsonl"
-    with serving(teacher) as url:
+    with tunesmith_serve(teacher) as url:
         lap("serve teacher")
         # greedy, so the answer is the memorized one; every other teacher setting is the default (max_tokens
         # included, which `tunesmith serve` once refused)
@@ -150,7 +114,7 @@ def test_serve_generate_inspect_train_eval_report_serve(tiny_model_dir, tmp_path
     assert "<html" in (run / "report.html").read_text()[:500].lower()
     lap("report")
 
-    with serving(run) as url:
+    with tunesmith_serve(run) as url:
         reply = httpx.post(url + "/chat/completions", timeout=60, json={
             "model": httpx.get(url + "/models", timeout=5).json()["data"][0]["id"], "max_tokens": 8,
             "messages": [{"role": "user", "content": PAIRS[0]["question"]}]})

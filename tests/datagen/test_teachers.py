@@ -14,7 +14,7 @@ from tunesmith.datagen.output import summary_path
 from tunesmith.errors import TeacherError
 
 from teacher_servers import DOCS, SEEDS, fake_teacher, teacher_config
-from teacher_servers import tunesmith_serve as serving
+from servers import tunesmith_serve as serving
 
 
 class TestTeacherHelpers:
