@@ -107,3 +107,29 @@ def test_pickle_only_folder_is_refused_before_from_pretrained(tiny_model_dir, tm
     assert calls == []
     refuse_pickle_only(str(folder), ModelConfig(name=str(folder), allow_pickle=True))  # opted in
     refuse_pickle_only(str(tiny_model_dir), ModelConfig(name=str(tiny_model_dir)))  # safetensors present
+
+
+def test_loads_in_several_threads_at_once_give_whole_models(tiny_model_dir):
+    """from_pretrained swaps module-global init state while it builds a model; without the loading lock, loads in
+    parallel threads (the UI's base and finetuned chats) left parameters on the meta device (measured: 20 of 20)."""
+    import threading
+
+    import torch
+
+    from tunesmith.models import load_model
+
+    meta, errors = [], []
+
+    def load():
+        try:
+            model = load_model(ModelConfig(name=str(tiny_model_dir)), dtype=torch.float32, device="cpu")
+            meta.extend(name for name, p in model.named_parameters() if p.device.type == "meta")
+        except Exception as e:  # noqa: BLE001 - any failure of a thread fails the test below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and meta == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -126,6 +127,11 @@ def load_tokenizer(model: ModelConfig):
     return tokenizer
 
 
+_LOADING = threading.RLock()
+"""Held around every model load: `from_pretrained` swaps module-global state (empty-weight init contexts) while it
+builds a model, so two loads in two threads at once (the UI's base and finetuned chats) can leave parameters on
+the meta device, and leave that state swapped for every later load in the process."""
+
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 """Weight files in pickle formats, which run code when they are loaded."""
 
@@ -162,8 +168,10 @@ def load_causal_lm(model: ModelConfig, **options):
     path = resolve_model_path(model.name)
     refuse_pickle_only(path, model)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model.trust_remote_code,
-                                                    use_safetensors=None if model.allow_pickle else True, **options)
+        with _LOADING:
+            return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model.trust_remote_code,
+                                                        use_safetensors=None if model.allow_pickle else True,
+                                                        **options)
     except (OSError, ValueError) as e:
         if "safetensors" in str(e).lower() and not model.allow_pickle:
             raise _pickle_refused(model.name) from None
@@ -254,8 +262,9 @@ def load_model_for(model_dir: Path | None, info: dict | None, which: str, model_
 
     # Merged in fp32 and then cast: the weights are exactly what `tunesmith export --merge` writes (and they run
     # faster than base + adapter).
-    base = load_model(model_config, dtype=torch.float32)
-    return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload().to(device=device, dtype=dtype)
+    with _LOADING:
+        base = load_model(model_config, dtype=torch.float32)
+        return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload().to(device=device, dtype=dtype)
 
 
 def load_tokenizer_for(model_dir: Path | None, model_config: ModelConfig):
