@@ -83,7 +83,7 @@ class TestToMessages:
 
     @pytest.mark.parametrize("row,field,message", [
         ({"messages": "hello"}, "messages", "expected a list"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "unknown role 'tool'"),
+        ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role", "unknown role 'function'"),
         ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}, "messages[1].content", "missing"),
         ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content", "got a list"),
         ({"messages": ["user: hi"]}, "messages[0]", "expected an object"),

@@ -8,13 +8,14 @@ type, unknown role); content checks (empty answer, no assistant turn) live in `v
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from tunesmith.config import DataConfig
-from tunesmith.data.records import ROLES, Message, Record
+from tunesmith.data.records import ROLES, Message, Record, ToolCall
 from tunesmith.errors import DataError
 
 
@@ -28,6 +29,8 @@ class Columns:
     system: str | None = None
     messages: str | None = None
     text: str | None = None
+    tools: str | None = None
+    """The functions a conversation may call (OpenAI's `tools`; a JSON string of them in LLaMA-Factory's sharegpt)."""
 
 
 DEFAULT_COLUMNS: dict[str, Columns] = {
@@ -35,22 +38,23 @@ DEFAULT_COLUMNS: dict[str, Columns] = {
     "qa": Columns(prompt="question", response="answer", system="system"),
     "prompt_completion": Columns(prompt="prompt", response="completion", system="system"),
     "input_output": Columns(prompt="input", response="output", system="system"),
-    "messages": Columns(messages="messages", system="system"),
-    "sharegpt": Columns(messages="conversations", system="system"),
+    "messages": Columns(messages="messages", system="system", tools="tools"),
+    "sharegpt": Columns(messages="conversations", system="system", tools="tools"),
     "text": Columns(text="text"),
 }
 """Each shape's usual column names; `input` and `system` are optional, the others required."""
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system"}
-"""ShareGPT `from` values and the chat role each becomes."""
+                  "system": "system", "function_call": "assistant", "observation": "tool"}
+"""ShareGPT `from` values and the chat role each becomes (`function_call` is an assistant turn calling tools, as
+LLaMA-Factory writes it; `observation` is a tool's result)."""
 
 
 def columns_for(shape: str, data: DataConfig) -> Columns:
     """The shape's default columns with the explicit keys of `data` put in their place.
 
     >>> columns_for("qa", DataConfig(prompt_key="q"))
-    Columns(prompt='q', input=None, response='answer', system='system', messages=None, text=None)
+    Columns(prompt='q', input=None, response='answer', system='system', messages=None, text=None, tools=None)
     """
     columns = DEFAULT_COLUMNS[check_shape_name(shape)]
     explicit = {"prompt": data.prompt_key, "input": data.input_key, "response": data.response_key,
@@ -60,7 +64,8 @@ def columns_for(shape: str, data: DataConfig) -> Columns:
     return replace(columns, **{part: key for part, key in explicit.items() if key and part in parts})
 
 
-_PARTS = {"pair": ("prompt", "input", "response", "system"), "chat": ("messages", "system"), "text": ("text",)}
+_PARTS = {"pair": ("prompt", "input", "response", "system"), "chat": ("messages", "system", "tools"),
+          "text": ("text",)}
 
 
 def _kind(columns: Columns) -> str:
@@ -119,53 +124,194 @@ def to_pair(row: dict, columns: Columns, *, shape: str, file: str, line: int) ->
                   system=_optional_string(row, columns.system, file, line))
 
 
-def _conversation(row: dict, columns: Columns, *, shape: str, file: str, line: int, role_key: str,
-                  content_key: str, role_map: dict[str, str]) -> Record:
+def _json_text(value: Any, file: str, line: int, field: str) -> Any:
+    """A value that may arrive as JSON text (LLaMA-Factory writes tools and calls as strings), parsed."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise DataError(f"not valid JSON: {e.msg} at character {e.pos + 1}", file=file, line=line,
+                        field=field) from None
+
+
+def to_tools(value: Any, *, file: str, line: int, field: str = "tools") -> tuple[dict, ...]:
+    """A record's `tools` (a list, or JSON text of one) in OpenAI's form; a bare function schema
+    (`{"name", "parameters"}`, as LLaMA-Factory writes it) is wrapped as `{"type": "function", "function": ...}`.
+    Whether each function is well-formed is `validate.tool_problems`' job.
+
+    >>> to_tools('[{"name": "now", "parameters": {"type": "object"}}]', file="f", line=1)
+    ({'type': 'function', 'function': {'name': 'now', 'parameters': {'type': 'object'}}},)
+    """
+    if value is None or value == "":
+        return ()
+    tools = _json_text(value, file, line, field)
+    if not isinstance(tools, list):
+        raise DataError(f"expected a list of functions, got {_describe(tools)}", file=file, line=line, field=field)
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise DataError(f"expected an object describing a function, got {_describe(tool)}", file=file,
+                            line=line, field=f"{field}[{i}]")
+    return tuple(t if "function" in t or "type" in t else {"type": "function", "function": t} for t in tools)
+
+
+def _arguments_text(arguments: Any) -> str:
+    """Call arguments as JSON text: given text is kept as is (validation checks it), an object is serialized."""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
+def to_tool_call(value: Any, *, file: str, line: int, field: str, default_id: str) -> ToolCall:
+    """One entry of an assistant turn's `tool_calls`: `{id, type: function, function: {name, arguments}}`;
+    `arguments` may be JSON text or an object; a missing id becomes `default_id`.
+
+    >>> to_tool_call({"id": "c1", "type": "function", "function": {"name": "now", "arguments": {}}},
+    ...              file="f", line=1, field="messages[1].tool_calls[0]", default_id="call_1_0")
+    ToolCall(id='c1', name='now', arguments='{}')
+    """
+    if not isinstance(value, dict):
+        raise DataError(f"expected an object with id, type and function, got {_describe(value)}", file=file,
+                        line=line, field=field)
+    function = value.get("function")
+    if not isinstance(function, dict):
+        raise DataError("missing; expected an object with name and arguments" if function is None else
+                        f"expected an object with name and arguments, got {_describe(function)}", file=file,
+                        line=line, field=f"{field}.function")
+    name = _string(function, "name", file, line, f"{field}.function.name")
+    call_id = value.get("id")
+    call_id = default_id if call_id is None or call_id == "" else _string(value, "id", file, line, f"{field}.id")
+    return ToolCall(call_id, name, _arguments_text(function.get("arguments", {})))
+
+
+def to_sharegpt_calls(value: Any, *, file: str, line: int, field: str, turn: int) -> tuple[ToolCall, ...]:
+    """A sharegpt `function_call` turn's value: JSON text of `{"name", "arguments"}` or of a list of them (parallel
+    calls); sharegpt has no call ids, so each gets `call_<turn>_<j>` (observations are linked to them in order).
+
+    >>> to_sharegpt_calls('{"name": "now", "arguments": {"tz": "UTC"}}', file="f", line=1, field="c[1].value", turn=1)
+    (ToolCall(id='call_1_0', name='now', arguments='{"tz": "UTC"}'),)
+    """
+    calls = _json_text(value, file, line, field)
+    calls = calls if isinstance(calls, list) else [calls]
+    found = []
+    for j, call in enumerate(calls):
+        where = field if len(calls) == 1 else f"{field}[{j}]"
+        if not isinstance(call, dict):
+            raise DataError(f"expected a call object with name and arguments, got {_describe(call)}", file=file,
+                            line=line, field=where)
+        name = _string(call, "name", file, line, f"{where}.name")
+        found.append(ToolCall(f"call_{turn}_{j}", name, _arguments_text(call.get("arguments", {}))))
+    return tuple(found)
+
+
+def link_tool_results(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    """Tool turns without a `tool_call_id` answer the calls before them in order (sharegpt's observations name no
+    call); a turn that finds no call left unanswered keeps None, which validation reports.
+
+    >>> m = link_tool_results((Message("assistant", "", (ToolCall("a", "f", "{}"),)), Message("tool", "1")))
+    >>> m[1].tool_call_id
+    'a'
+    """
+    waiting: list[str] = []
+    linked = []
+    for message in messages:
+        waiting += [c.id for c in message.tool_calls]
+        if message.role == "tool" and message.tool_call_id is None and waiting:
+            message = replace(message, tool_call_id=waiting.pop(0))
+        elif message.role == "tool" and message.tool_call_id in waiting:
+            waiting.remove(message.tool_call_id)
+        linked.append(message)
+    return tuple(linked)
+
+
+TurnConverter = Callable[..., Message]
+
+
+def openai_turn(turn: dict, *, file: str, line: int, where: str, index: int) -> Message:
+    """One OpenAI message: `{role, content}`, an assistant's `tool_calls` (content may then be null), a tool
+    result's `tool_call_id`.
+
+    >>> openai_turn({"role": "tool", "tool_call_id": "c1", "content": "21 C"}, file="f", line=1, where="m[2]",
+    ...             index=2)
+    Message(role='tool', content='21 C', tool_call_id='c1')
+    """
+    role = _string(turn, "role", file, line, f"{where}.role")
+    if role not in ROLES:
+        raise DataError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}", file=file, line=line,
+                        field=f"{where}.role")
+    raw_calls = turn.get("tool_calls") if role == "assistant" else None
+    if raw_calls is not None and not isinstance(raw_calls, list):
+        raise DataError(f"expected a list of calls, got {_describe(raw_calls)}", file=file, line=line,
+                        field=f"{where}.tool_calls")
+    calls = tuple(to_tool_call(c, file=file, line=line, field=f"{where}.tool_calls[{j}]",
+                               default_id=f"call_{index}_{j}") for j, c in enumerate(raw_calls or ()))
+    content = "" if calls and turn.get("content") is None else _string(turn, "content", file, line,
+                                                                        f"{where}.content")
+    call_id = _optional_string(turn, "tool_call_id", file, line) if role == "tool" else None
+    return Message(role, content, calls, call_id)
+
+
+def sharegpt_turn(turn: dict, *, file: str, line: int, where: str, index: int) -> Message:
+    """One sharegpt turn `{from, value}`: human/gpt/system text, a `function_call` (the value holds the call as
+    JSON) or an `observation` (a tool's result).
+
+    >>> sharegpt_turn({"from": "gpt", "value": "Yo"}, file="f", line=1, where="c[1]", index=1)
+    Message(role='assistant', content='Yo')
+    """
+    source = _string(turn, "from", file, line, f"{where}.from")
+    if source not in SHAREGPT_ROLES:
+        raise DataError(f"unknown role {source!r}; expected one of {', '.join(SHAREGPT_ROLES)}", file=file,
+                        line=line, field=f"{where}.from")
+    if source == "function_call":
+        if turn.get("value") is None:
+            raise DataError("missing; expected the call as JSON", file=file, line=line, field=f"{where}.value")
+        return Message("assistant", "", to_sharegpt_calls(turn["value"], file=file, line=line,
+                                                          field=f"{where}.value", turn=index))
+    return Message(SHAREGPT_ROLES[source], _string(turn, "value", file, line, f"{where}.value"))
+
+
+def _conversation(row: dict, columns: Columns, *, shape: str, file: str, line: int, keys: str,
+                  turn_message: TurnConverter) -> Record:
     key = columns.messages
     turns = row.get(key)
     if turns is None:
-        raise DataError(f"missing; expected a list of {role_key}/{content_key} turns", file=file, line=line,
-                        field=key)
+        raise DataError(f"missing; expected a list of {keys} turns", file=file, line=line, field=key)
     if not isinstance(turns, list):
-        raise DataError(f"expected a list of {role_key}/{content_key} turns, got {_describe(turns)}",
-                        file=file, line=line, field=key)
+        raise DataError(f"expected a list of {keys} turns, got {_describe(turns)}", file=file, line=line, field=key)
     messages = []
     for i, turn in enumerate(turns):
         where = f"{key}[{i}]"
         if not isinstance(turn, dict):
-            raise DataError(f"expected an object with {role_key} and {content_key}, got {_describe(turn)}",
+            raise DataError(f"expected an object with {keys.replace('/', ' and ')}, got {_describe(turn)}",
                             file=file, line=line, field=where)
-        role = _string(turn, role_key, file, line, f"{where}.{role_key}")
-        if role not in role_map:
-            raise DataError(f"unknown role {role!r}; expected one of {', '.join(role_map)}", file=file, line=line,
-                            field=f"{where}.{role_key}")
-        messages.append(Message(role_map[role], _string(turn, content_key, file, line, f"{where}.{content_key}")))
+        messages.append(turn_message(turn, file=file, line=line, where=where, index=i))
     system = _optional_string(row, columns.system, file, line)
     if system is not None and not (messages and messages[0].role == "system"):
         messages.insert(0, Message("system", system))
-    return Record(file, line, shape, messages=tuple(messages))
+    tools = to_tools(row.get(columns.tools), file=file, line=line, field=columns.tools) if columns.tools else ()
+    return Record(file, line, shape, messages=link_tool_results(tuple(messages)), tools=tools)
 
 
 def to_messages(row: dict, columns: Columns, *, shape: str, file: str, line: int) -> Record:
-    """OpenAI chat rows: `messages` of {role: system|user|assistant, content: str}.
+    """OpenAI chat rows: `messages` of {role: system|user|assistant|tool, content: str}, with `tools`, an
+    assistant's `tool_calls` and a tool result's `tool_call_id` as in OpenAI's fine-tuning format.
 
     >>> to_messages({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
     ...             DEFAULT_COLUMNS["messages"], shape="messages", file="f", line=1).messages
     (Message(role='user', content='Hi'), Message(role='assistant', content='Hello'))
     """
-    return _conversation(row, columns, shape=shape, file=file, line=line, role_key="role", content_key="content",
-                         role_map={r: r for r in ROLES})
+    return _conversation(row, columns, shape=shape, file=file, line=line, keys="role/content",
+                         turn_message=openai_turn)
 
 
 def to_sharegpt(row: dict, columns: Columns, *, shape: str, file: str, line: int) -> Record:
-    """ShareGPT rows: `conversations` of {from: human|gpt|system, value: str}, mapped to chat roles.
+    """ShareGPT rows: `conversations` of {from: human|gpt|system|function_call|observation, value: str}, mapped to
+    chat roles; `tools` (JSON text or a list) as LLaMA-Factory writes it.
 
     >>> to_sharegpt({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}]},
     ...             DEFAULT_COLUMNS["sharegpt"], shape="sharegpt", file="f", line=1).messages
     (Message(role='user', content='Hi'), Message(role='assistant', content='Yo'))
     """
-    return _conversation(row, columns, shape=shape, file=file, line=line, role_key="from", content_key="value",
-                         role_map=SHAREGPT_ROLES)
+    return _conversation(row, columns, shape=shape, file=file, line=line, keys="from/value",
+                         turn_message=sharegpt_turn)
 
 
 def to_text(row: dict, columns: Columns, *, shape: str, file: str, line: int) -> Record:
@@ -250,9 +396,9 @@ def detect_shape(rows: list[dict], data: DataConfig, file: str = "") -> tuple[st
         raise DataError("no records to read", file=file)
     fitting = Counter()
     natural = Counter()
-    for shape in CONVERTERS:
-        columns = columns_for(shape, data)
-        for row in rows:
+    shape_columns = {shape: columns_for(shape, data) for shape in CONVERTERS}
+    for row in rows:  # one pass over the rows: they may be streamed from a large file (data.sources)
+        for shape, columns in shape_columns.items():
             if isinstance(row, dict) and fits(row, shape, columns):
                 fitting[shape] += 1
                 natural[shape] += _natural_overlap(row, shape)

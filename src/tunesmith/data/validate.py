@@ -8,6 +8,7 @@ any number; skipped records come back with their raw rows so the caller can keep
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,11 +155,90 @@ def check_record(record: Record, columns: Columns | None = None) -> list[DataPro
                                                    "must be the assistant's answer")
     if "user" not in roles:
         return problem(key, "conversation has no user turn")
-    empty = next((i for i, m in enumerate(record.messages) if m.role == "assistant" and not m.content.strip()),
-                 None)
+    empty = next((i for i, m in enumerate(record.messages)
+                  if m.role == "assistant" and not m.content.strip() and not m.tool_calls), None)
     if empty is not None:
         return problem(f"{key}[{empty}]", "empty assistant turn; expected the answer text")
+    return tool_problems(record, columns)[:1]
+
+
+def _function_problems(tool: object, field: str) -> list[tuple[str, str]]:
+    """What is wrong with one entry of `tools` (OpenAI's `{"type": "function", "function": {name, description,
+    parameters}}`), as (field, message) pairs."""
+    if not isinstance(tool, dict):
+        return [(field, "expected an object describing a function")]
+    if tool.get("type", "function") != "function":
+        return [(f"{field}.type", f"{tool.get('type')!r} is not supported; expected \"function\"")]
+    function = tool.get("function")
+    if not isinstance(function, dict):
+        return [(f"{field}.function", "expected an object with name, description and parameters")]
+    name = function.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name):
+        return [(f"{field}.function.name", f"expected a function name (letters, digits, _ . -), got {name!r}")]
+    if not isinstance(function.get("description", ""), str):
+        return [(f"{field}.function.description", "expected a string")]
+    parameters = function.get("parameters", {})
+    if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+        return [(f"{field}.function.parameters", "expected a JSON schema object, e.g. "
+                                                 "{\"type\": \"object\", \"properties\": {...}}")]
     return []
+
+
+def _arguments_problem(arguments: str) -> str | None:
+    """Why a call's arguments are unusable (they must be JSON text of an object), or None.
+
+    >>> _arguments_problem('{"city": "Oslo"}'), _arguments_problem("city=Oslo")[:14]
+    (None, 'not valid JSON')
+    """
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError as e:
+        return f"not valid JSON: {e.msg} at character {e.pos + 1}"
+    return None if isinstance(value, dict) else "expected a JSON object of named arguments"
+
+
+def tool_problems(record: Record, columns: Columns | None = None) -> list[DataProblem]:
+    """Problems of a conversation's tools and calls: each function well-formed, each call's arguments a JSON
+    object naming an offered function, call ids unique, each tool result answering an earlier call.
+
+    >>> from tunesmith.data.records import Message
+    >>> [str(p) for p in tool_problems(Record("f", 2, "messages", messages=(Message("user", "Hi"),
+    ...     Message("tool", "21 C", tool_call_id="c9"), Message("assistant", "Warm."))))]
+    ["f:2: messages[1].tool_call_id: 'c9' answers no earlier call; give the id of the assistant's tool_calls entry"]
+    """
+    columns = columns or DEFAULT_COLUMNS.get(record.shape) or Columns()
+    key, tools_key = columns.messages or "messages", columns.tools or "tools"
+    sharegpt = record.shape == "sharegpt"
+    found: list[tuple[str, str]] = []
+    for i, tool in enumerate(record.tools):
+        found += _function_problems(tool, f"{tools_key}[{i}]")
+    offered = {t["function"]["name"] for t in record.tools if not _function_problems(t, "")}
+    called: set[str] = set()
+    for i, message in enumerate(record.messages):
+        where = f"{key}[{i}]"
+        for j, call in enumerate(message.tool_calls):
+            at = f"{where}.value" if sharegpt else f"{where}.tool_calls[{j}]"
+            problem = _arguments_problem(call.arguments)
+            if problem:
+                found.append((at if sharegpt else f"{at}.function.arguments", problem))
+            if record.tools and call.name not in offered:
+                found.append((at if sharegpt else f"{at}.function.name",
+                              f"calls {call.name!r}, which is not among the record's tools "
+                              f"({', '.join(sorted(offered)) or 'none valid'})"))
+            if call.id in called:
+                found.append((f"{at}.id", f"call id {call.id!r} is used twice; each call needs its own id"))
+            called.add(call.id)
+        if message.role != "tool":
+            continue
+        if sharegpt and message.tool_call_id is None:
+            found.append((where, "observation answers no function_call before it"))
+        elif message.tool_call_id is None:
+            found.append((f"{where}.tool_call_id", "missing; a tool message names the call it answers "
+                                                   "(the id of the assistant's tool_calls entry)"))
+        elif message.tool_call_id not in called:
+            found.append((f"{where}.tool_call_id", f"{message.tool_call_id!r} answers no earlier call; give the id "
+                                                   f"of the assistant's tool_calls entry"))
+    return [DataProblem(record.file, record.line, field, message) for field, message in found]
 
 
 def to_records(rows: list, shape: str, columns: Columns, file: str,
@@ -214,8 +294,17 @@ def load_records(path: str | Path, data: DataConfig) -> LoadedData:
             `on_error: fail`, more than 1% of them with `auto` (every problem listed, then the way on).
     """
     loaded = read_records(path, data)
-    invalid = len(loaded.skipped)
-    stops = data.on_error == "fail" or (data.on_error == "auto" and not is_small_share(invalid, loaded.total))
-    if invalid and stops:
-        raise DataError(loaded.skipped, hint=on_error_outcome(data.on_error, invalid, loaded.total))
+    refuse_invalid(loaded.skipped, loaded.total, data.on_error)
     return loaded
+
+
+def refuse_invalid(problems: list[DataProblem], total: int, on_error: str) -> None:
+    """Stop when `data.on_error` does not let these invalid records of `total` be skipped.
+
+    Raises:
+        DataError: any invalid record with `on_error: fail`, more than 1% of them with `auto`.
+    """
+    invalid = len(problems)
+    stops = on_error == "fail" or (on_error == "auto" and not is_small_share(invalid, total))
+    if invalid and stops:
+        raise DataError(problems, hint=on_error_outcome(on_error, invalid, total))

@@ -6,10 +6,16 @@ each segment on its own and masks by segment, so masking never depends on findin
 
 Prompt templates are plain functions in `PROMPT_TEMPLATES` (pair record -> prompt text); `chat` uses the
 tokenizer's own chat template instead and is the only one that handles multi-turn conversations.
+
+A conversation with tools (`tools`, `tool_calls`, `tool` turns) goes through a chat template that renders them:
+the model's own when it does (`supports_tools`: it shows the functions, the calls and their results), otherwise
+the shipped `tool_template.jinja` (ChatML with Hermes-style `<tool_call>` blocks). The calls are part of the
+assistant's trainable answer; tool results are prompt.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,10 +23,12 @@ from typing import Callable
 
 from tunesmith.config import TemplateConfig
 from tunesmith.data import Record, as_messages, as_pair
+from tunesmith.data.records import has_tool_calls, message_to_dict
 from tunesmith.errors import ConfigError, DataError
 
-__all__ = ["PROMPT_TEMPLATES", "Segment", "end_token", "jinja_source", "render_prompt", "render_segments",
-           "resolve_template_name"]
+__all__ = ["PROMPT_TEMPLATES", "TOOL_TEMPLATE_FILE", "Segment", "end_token", "jinja_source", "render_prompt",
+           "render_segments", "resolve_template_name", "shipped_tool_template", "supports_tools", "tool_chat_template",
+           "writes_tool_call_blocks"]
 
 # The exact wording of tatsu-lab/stanford_alpaca train.py (PROMPT_DICT). The answer follows "### Response:"
 # directly, as in Stanford's training text (prompt + output + eos).
@@ -186,20 +194,98 @@ def _pair_for_prompt_template(record: Record, name: str) -> Record:
                         f"use template.name=chat", file=record.file, line=record.line) from None
 
 
+def _template_message(message) -> dict:
+    """A turn as chat templates take it: OpenAI's dict, with call arguments as an object (what transformers'
+    templates expect; validation made sure they parse)."""
+    data = message_to_dict(message)
+    for call in data.get("tool_calls") or ():
+        call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+    return data
+
+
 def _chat_messages(record: Record, template: TemplateConfig) -> list[dict]:
     """Role/content dicts for the chat template; the configured system prompt is used only when the record
     has no system message of its own."""
-    messages = [{"role": m.role, "content": m.content} for m in as_messages(record)]
+    messages = [_template_message(m) for m in as_messages(record)]
     if template.system_prompt and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": template.system_prompt})
     return messages
 
 
+TOOL_TEMPLATE_FILE = Path(__file__).with_name("tool_template.jinja")
+"""The shipped tool-calling chat template (package data)."""
+
+
+@lru_cache(maxsize=1)
+def shipped_tool_template() -> str:
+    """The text of `tool_template.jinja`."""
+    return TOOL_TEMPLATE_FILE.read_text(encoding="utf-8")
+
+
+_PROBE_TOOLS = [{"type": "function", "function": {
+    "name": "tunesmith_probe", "description": "probe",
+    "parameters": {"type": "object", "properties": {"probe_argument": {"type": "string"}}}}}]
+_PROBE_MESSAGES = [
+    {"role": "user", "content": "q"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "call_probe", "type": "function", "function": {
+        "name": "tunesmith_probe", "arguments": {"probe_argument": "probe_value"}}}]},
+    {"role": "tool", "tool_call_id": "call_probe", "content": "probe_result"},
+]
+_probed: dict[str, str] = {}
+
+
+def _probe(tokenizer) -> str:
+    """The model's own template's rendering of a call and its result with tools offered ("" when it fails)."""
+    source = getattr(tokenizer, "chat_template", None)
+    if not isinstance(source, str) or not source:
+        return ""
+    if source not in _probed:
+        try:
+            offered = tokenizer.apply_chat_template(_PROBE_MESSAGES[:1], tools=_PROBE_TOOLS, tokenize=False)
+            text = tokenizer.apply_chat_template(_PROBE_MESSAGES, tools=_PROBE_TOOLS, tokenize=False)
+        except Exception:  # a template that cannot take tool turns at all (content None, unknown role ...)
+            offered = text = ""
+        _probed[source] = text if "tunesmith_probe" in offered else ""
+    return _probed[source]
+
+
+def supports_tools(tokenizer) -> bool:
+    """True when the model's own chat template renders tools: the offered functions, an assistant's call with
+    its arguments, and the tool's result all appear in its text (SmolLM2's template shows none of them).
+    """
+    text = _probe(tokenizer)
+    return all(part in text for part in ("probe_argument", "probe_value", "probe_result"))
+
+
+def tool_chat_template(tokenizer) -> str | None:
+    """The chat template a conversation with tools is rendered with: None for the model's own (it supports
+    tools), else the shipped `tool_template.jinja`."""
+    return None if supports_tools(tokenizer) else shipped_tool_template()
+
+
+def writes_tool_call_blocks(tokenizer) -> bool:
+    """True when calls are written as `<tool_call>{...}</tool_call>` blocks (`tunesmith.data.tools` parses those):
+    the shipped template, or a model's own template in that style (Qwen2.5, Hermes)."""
+    return not supports_tools(tokenizer) or "<tool_call>" in _probe(tokenizer)
+
+
+def _check_tool_template(record: Record, template: TemplateConfig) -> None:
+    """Tool calls need a chat template: a prompt template (alpaca, qa, none, jinja) would drop them."""
+    if template.name not in ("auto", "chat"):
+        raise DataError(f"a conversation with tool calls cannot use template.name={template.name}; use "
+                        f"template.name=chat (or auto): the model's own chat template when it renders tools, "
+                        f"tunesmith's tool template otherwise", file=record.file, line=record.line)
+
+
 def _apply_chat_template(tokenizer, messages: list[dict], record: Record, add_generation_prompt: bool) -> str:
     import jinja2
 
+    tools = {}
+    if has_tool_calls(record):
+        tools = {"tools": list(record.tools) or None, "chat_template": tool_chat_template(tokenizer)}
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **tools)
     except jinja2.TemplateError as e:  # raised by the model's own template, e.g. "roles must alternate"
         raise DataError(f"the model's chat template rejected this conversation: {e}",
                         file=record.file, line=record.line) from None
@@ -279,6 +365,9 @@ def render_segments(record: Record, template: TemplateConfig, tokenizer) -> list
     end = end_token(tokenizer)
     if record.kind == "text":
         return [Segment((record.text or "") + end, True)]
+    if has_tool_calls(record):
+        _check_tool_template(record, template)
+        return chat_segments(record, template, tokenizer)
     name = resolve_template_name(template, tokenizer)
     if name == "chat":
         return chat_segments(record, template, tokenizer)
@@ -298,7 +387,9 @@ def render_prompt(record: Record, template: TemplateConfig, tokenizer) -> str:
     """
     if record.kind == "text":
         raise DataError("a plain-text record has no prompt to answer", file=record.file, line=record.line)
-    name = resolve_template_name(template, tokenizer)
+    if has_tool_calls(record):
+        _check_tool_template(record, template)
+    name = "chat" if has_tool_calls(record) else resolve_template_name(template, tokenizer)
     if name != "chat":
         return PROMPT_TEMPLATES[name](_pair_for_prompt_template(record, name), template)
     messages = _chat_messages(record, template)

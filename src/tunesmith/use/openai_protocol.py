@@ -39,13 +39,46 @@ class TextPart(_Body):
     text: str
 
 
-class ChatMessage(_Body):
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[TextPart]
-    name: str | None = None
+class FunctionCall(_Body):
+    name: str
+    arguments: str
+    """JSON text of the arguments object, as OpenAI sends it."""
 
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+class ToolCall(_Body):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart] | None = None
+    """May be null only in an assistant message that makes tool calls."""
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+    """Sent back by clients that resend a reply message as they got it; never rendered."""
+
+    def text(self) -> str | None:
+        if self.content is None or isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class FunctionSpec(_Body):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(_Body):
+    """One entry of `tools`: a function the model may call, described by a JSON schema."""
+
+    type: Literal["function"]
+    function: FunctionSpec
 
 
 class StreamOptions(_Body):
@@ -74,6 +107,16 @@ class Sampling(_Body):
 class ChatCompletionRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[ToolSpec] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
+    """`auto` (the default with tools) and `none` are served; `required` and a named function are refused."""
+    parallel_tool_calls: bool | None = None
+    """Accepted for compatibility: a model that writes several calls returns them all."""
+
+    @property
+    def offers_tools(self) -> bool:
+        """True when the model is shown the tools and its calls are read back (tools given, tool_choice not none)."""
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 class CompletionRequest(Sampling):

@@ -4,6 +4,11 @@ One worker thread owns the model (`tunesmith.use.batching`); the routes here onl
 and turn generations into OpenAI's reply shapes (`tunesmith.use.openai_protocol`). Everything a client sends is
 bounded (body size, prompt length, `max_tokens`, `n`, queue length) and every refusal is a 4xx in OpenAI's
 error shape.
+
+Tool calling: a chat request's `tools` are rendered by the same template training used for tool records
+(`tunesmith.prepare.templates`), and `<tool_call>` blocks in the answer come back as OpenAI's `tool_calls` with
+finish_reason `tool_calls`; the client sends the results as `tool` messages. A call can only be read once the whole
+answer is there, so a streamed request with tools gets its reply generated first and sent as one burst of events.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,7 +28,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from tunesmith.config import ServeConfig
-from tunesmith.errors import TunesmithError
+from tunesmith.data.records import Record
+from tunesmith.data.shapes import DEFAULT_COLUMNS, to_messages
+from tunesmith.data.tools import parse_tool_calls
+from tunesmith.data.validate import tool_problems
+from tunesmith.errors import DataError, TunesmithError
+from tunesmith.prepare.templates import writes_tool_call_blocks
 from tunesmith.use.batching import BatchWorker, Job
 from tunesmith.use.generation import Generation, GenerationOptions, Generator
 from tunesmith.use.openai_protocol import (
@@ -135,24 +146,33 @@ class _Service:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def chat_prompt(self, body: ChatCompletionRequest) -> str:
-        """The rendered prompt of a chat request (`developer` counts as `system`).
+        """The rendered prompt of a chat request (`developer` counts as `system`), its tools included.
 
         Raises:
-            APIError: the conversation does not end with the user, or the template refuses it.
+            APIError: the conversation does not end with the user or a tool result, a message or tool call is
+                malformed, or the template refuses it.
         """
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages]
-        if messages[-1]["role"] != "user":
-            raise APIError(400, "the last message must come from the user", param="messages")
+        if body.messages[-1].role not in ("user", "tool"):
+            raise APIError(400, "the last message must come from the user (or be a tool result)", param="messages")
         try:
-            return self.generator.render(messages)
+            return self.generator.render(chat_record(body))
         except (TunesmithError, ValueError) as e:
             raise APIError(400, str(e), param="messages") from None
 
     async def chat_completions(self, body: ChatCompletionRequest):
+        check_tool_choice(body)
         prompt = self.chat_prompt(body)
         options = self.options_for(body, self.generator.count_tokens(prompt))
         reply_id, now, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), self.generator.name
+        # calls are read back only in the `<tool_call>` syntax; another model's own syntax stays text
+        read_calls = body.offers_tools and writes_tool_call_blocks(self.generator.tokenizer)
+        if body.stream and read_calls:
+            generations = await self.run([prompt] * body.n, options)
+            head = {"id": reply_id, "object": "chat.completion.chunk", "created": now, "model": name}
+            events = buffered_chat_events(head, [reply_choice(i, g, True) for i, g in enumerate(generations)],
+                                          usage(generations) if body.include_usage else None)
+            return StreamingResponse(iter(events), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         if body.stream:
             def chunk(index, text, first=False, finish_reason=None):
                 delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
@@ -161,9 +181,8 @@ class _Service:
                                      "finish_reason": finish_reason}]}
             return self.stream([prompt] * body.n, options, chunk, body.include_usage)
         generations = await self.run([prompt] * body.n, options)
-        return {"id": reply_id, "object": "chat.completion", "created": now, "model": name,
-                "choices": [{"index": i, "message": {"role": "assistant", "content": g.text}, "logprobs": None,
-                             "finish_reason": g.finish_reason} for i, g in enumerate(generations)],
+        choices = [reply_choice(i, g, read_calls) for i, g in enumerate(generations)]
+        return {"id": reply_id, "object": "chat.completion", "created": now, "model": name, "choices": choices,
                 "usage": usage(generations)}
 
     async def completions(self, body: CompletionRequest):
@@ -191,6 +210,94 @@ class _Service:
                 "choices": [{"index": i, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
                             for i, g in enumerate(generations)],
                 "usage": counted}
+
+
+def check_tool_choice(body: ChatCompletionRequest) -> None:
+    """Raises APIError for a `tool_choice` this server cannot honour: it lets the model decide (`auto`) or shows
+    no tools (`none`), but cannot force a call."""
+    if body.tool_choice in (None, "auto", "none"):
+        return
+    raise APIError(400, f"tool_choice={body.tool_choice!r} is not supported: the model decides whether to call "
+                        f"(auto, the default) or sees no tools (none)", param="tool_choice")
+
+
+def _param(field: str | None) -> str:
+    """A data field (`messages[2].tool_call_id`) as OpenAI's dotted param (`messages.2.tool_call_id`)."""
+    return re.sub(r"\[(\d+)\]", r".\1", field or "messages")
+
+
+def chat_record(body: ChatCompletionRequest) -> Record:
+    """A chat request as the canonical record training saw: its messages through the same conversion and tool
+    checks as a data file's (`developer` counts as `system`), with its tools unless tool_choice is `none`.
+
+    Raises:
+        APIError: a malformed message, call or tool (naming the field), or a tool result answering no call.
+    """
+    messages = []
+    for m in body.messages:
+        message = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.tool_calls:
+            message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        messages.append(message)
+    row = {"messages": messages}
+    if body.offers_tools:
+        row["tools"] = [t.model_dump(exclude_none=True) for t in body.tools]
+    try:
+        record = to_messages(row, DEFAULT_COLUMNS["messages"], shape="messages", file="request", line=1)
+    except DataError as e:
+        problem = e.problems[0]
+        raise APIError(400, f"{problem.field}: {problem.message}", param=_param(problem.field)) from None
+    problems = tool_problems(record)
+    if problems:
+        raise APIError(400, f"{problems[0].field}: {problems[0].message}", param=_param(problems[0].field))
+    return record
+
+
+def reply_choice(index: int, generation: Generation, read_calls: bool) -> dict:
+    """One choice of a chat reply: the answer's text, or, when it holds `<tool_call>` blocks and tools were
+    offered, OpenAI's `tool_calls` (arguments as JSON text) with finish_reason `tool_calls`.
+
+    >>> reply_choice(0, Generation('<tool_call>{"name": "now", "arguments": {}}</tool_call>', 5, 9, "stop"),
+    ...              True)["finish_reason"]
+    'tool_calls'
+    """
+    content, calls = parse_tool_calls(generation.text) if read_calls else (generation.text, [])
+    message = {"role": "assistant", "content": content}
+    if calls:
+        message["content"] = content or None
+        message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                                  "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+    return {"index": index, "message": message, "logprobs": None,
+            "finish_reason": "tool_calls" if calls else generation.finish_reason}
+
+
+def buffered_chat_events(head: dict, choices: list[dict], counted: dict | None) -> list[str]:
+    """A finished chat reply as the server-sent events of a stream (with tools, a call can only be read from the
+    whole answer, so it is generated first and sent at once): per choice the role with its content or
+    `tool_calls` deltas (each call with its `index`), then the finish reason; usage on request; [DONE].
+
+    >>> import json
+    >>> events = buffered_chat_events({"id": "x"}, [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
+    ...                                               "finish_reason": "stop"}], None)
+    >>> [json.loads(e[6:])["choices"][0]["delta"] for e in events[:2]], events[2]
+    ([{'role': 'assistant', 'content': 'Hi'}, {}], 'data: [DONE]\\n\\n')
+    """
+    def chunk(index: int, delta: dict, finish_reason: str | None = None) -> str:
+        return event({**head, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                           "finish_reason": finish_reason}]})
+
+    events = []
+    for choice in choices:
+        message = choice["message"]
+        delta = {"role": "assistant", "content": message["content"]}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
+        events += [chunk(choice["index"], delta), chunk(choice["index"], {}, choice["finish_reason"])]
+    if counted is not None:
+        events.append(event({**head, "choices": [], "usage": counted}))
+    return events + ["data: [DONE]\n\n"]
 
 
 async def _sse(job: Job, chunk: Callable, include_usage: bool) -> AsyncIterator[str]:
