@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from tunesmith.config import OutputConfig
+    from tunesmith.cli import field_help
+    from tunesmith.config import EvalConfig, JudgeConfig, OutputConfig
 
     evaluate = subparsers.add_parser(
         "eval", help="test loss, generation metrics and error shares of a run (base vs finetuned) or a model",
@@ -20,6 +22,14 @@ def register(subparsers) -> None:
     evaluate.add_argument("--mc", metavar="FILE.jsonl",
                           help="multiple-choice questions ({question, choices, answer} or ARC's native shape)")
     evaluate.add_argument("--max-new-tokens", type=_positive, metavar="N", help="longest generated answer")
+    evaluate.add_argument("--benchmark", dest="benchmarks", action="append", metavar="FILE.jsonl",
+                          help=field_help(EvalConfig, "benchmarks", show_default=False)
+                          + " (repeatable; default: the run's eval.benchmarks)")
+    evaluate.add_argument("--judge-url", metavar="URL",
+                          help="grade every answer correct/partly/wrong by an LLM judge at "
+                               + field_help(JudgeConfig, "url", show_default=False) + "; default: the run's "
+                               "eval.judge; its key from $" + JudgeConfig.model_fields["key_env"].default)
+    evaluate.add_argument("--judge-model", metavar="NAME", help=field_help(JudgeConfig, "model"))
     evaluate.add_argument("--out", metavar="PATH", help="where to write results (default: <run>/eval/...)")
     evaluate.set_defaults(handler=_eval)
 
@@ -69,8 +79,50 @@ def format_metrics(result: dict) -> str:
                          ["perplexity"] + [fmt(models[m]["perplexity"]) for m in labels]] + scores[1:]
     for category in ("empty", "length", "repetitive"):
         rows.append([f"{category} %"] + [f"{100 * models[m]['errors'][category]:.1f}" for m in labels])
-    return (f"{result['n']} examples from {result['source']} (metrics 0-100, 95% intervals)\n"
+    for grade in ("correct", "partly", "wrong", "unknown"):
+        if any("judge" in models[m] for m in labels):
+            rows.append([f"judge: {grade} %"] + [_share(models[m].get("judge", {}).get(grade)) for m in labels])
+    text = (f"{result['n']} examples from {result['source']} (metrics 0-100, 95% intervals)\n"
             + format_table(["metric"] + labels, rows))
+    return "\n\n".join([text] + [t for t in (judge_note(result), kept_table(result.get("benchmarks") or [])) if t])
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def judge_note(result: dict) -> str:
+    """Which judge graded the answers, and what went wrong with it (refused, unanswered requests)."""
+    summaries = [m["judge"] for m in (result.get("models") or {}).values() if "judge" in m]
+    if not summaries:
+        return ""
+    asked, cached = sum(s.get("asked", 0) for s in summaries), sum(s.get("cached", 0) for s in summaries)
+    failed = sum(s.get("failed", 0) for s in summaries)
+    note = f"judge {summaries[0].get('judge')}: {asked} answers graded, {cached} from the cache"
+    note += f", {failed} got no answer (graded unknown)" if failed else ""
+    error = next((s["error"] for s in summaries if s.get("error")), None)
+    return note + (f"\njudge refused: {error}" if error else "")
+
+
+def kept_table(benchmarks: list[dict]) -> str:
+    """Benchmark accuracy per model (0-1, as lm-evaluation-harness reports it) and finetuned - base with its
+    paired 95% interval: what the finetune kept of what the base knew."""
+    from tunesmith.report.results import fmt, ordered_models
+    from tunesmith.report.runs_table import format_table
+
+    labels = ordered_models({label: None for result in benchmarks for label in result.get("models") or {}})
+    rows = []
+    for result in benchmarks:
+        models = result.get("models") or {}
+        for name in ("acc", "acc_norm"):
+            change = (result.get("change") or {}).get(name)
+            shown = f"{change['mean']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}]" if change else "-"
+            rows.append([Path(str(result.get("source"))).name, fmt(result.get("n")), name]
+                        + [fmt(models.get(m, {}).get(name, {}).get("mean"), 3) for m in labels] + [shown])
+    if not rows:
+        return ""
+    return ("kept: multiple-choice benchmarks (accuracy 0-1)\n"
+            + format_table(["benchmark", "questions", "metric"] + labels + ["change [95%]"], rows))
 
 
 def _interval(stats: dict) -> str:
@@ -83,7 +135,8 @@ def _eval(args: argparse.Namespace) -> int:
     from tunesmith import api
 
     result = api.evaluate_run(args.target, model=args.model, data=args.data, limit=args.limit, mc=args.mc,
-                              max_new_tokens=args.max_new_tokens, out=args.out)
+                              max_new_tokens=args.max_new_tokens, out=args.out, judge_url=args.judge_url,
+                              judge_model=args.judge_model, benchmarks=args.benchmarks)
     print(format_metrics(result))
     return 0
 

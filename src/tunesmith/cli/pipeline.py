@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tunesmith.cli import add_config_arguments
 
@@ -43,6 +44,16 @@ def _print_pipeline(result) -> None:
     if result.base_test_loss is not None:
         rows.append(("test loss", f"base {result.base_test_loss:.4f} -> finetuned {result.test_loss:.4f}"))
     rows += scores[1:]
+    models = result.metrics.get("models") or {}
+    if "judge" in models.get("finetuned", {}):
+        shares = [models.get(m, {}).get("judge", {}).get("correct") for m in ("base", "finetuned")]
+        rows.append(("judged correct", " -> ".join(f"{m} {'n/a' if v is None else f'{100 * v:.1f}%'}"
+                                                   for m, v in zip(("base", "finetuned"), shares))))
+    for bench in result.metrics.get("benchmarks") or []:
+        kept = {m: bench["models"].get(m, {}).get("acc_norm", {}).get("mean") for m in ("base", "finetuned")}
+        if None not in kept.values():
+            rows.append((f"kept {Path(bench['source']).name}", f"acc_norm base {kept['base']:.3f} -> finetuned "
+                                                               f"{kept['finetuned']:.3f}  (0-1)"))
     width = max(len(label) for label, _ in rows) + 2
     print()
     for label, value in rows:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from tunesmith.data.choices import load_choice_items
@@ -164,12 +165,12 @@ def model_summary(loss: dict, scored: Sequence[dict], generations: Sequence, ref
 
 
 def evaluate_models(target: str, labels: Sequence[str], eval_set_for, eval_config, precision: str = "auto",
-                    progress: bool = True) -> tuple[dict, list[dict]]:
+                    progress: bool = True, on_model=None) -> tuple[dict, list[dict]]:
     """Evaluate each model in turn (one in memory at a time): loss, generations, metrics.
 
     `labels` are "base"/"finetuned" (a run) or "model" (a plain model); `eval_set_for(generator)` builds the
-    evaluation set from the first model's tokenizer and template. Returns (metrics.json content,
-    predictions rows).
+    evaluation set from the first model's tokenizer and template; `on_model(label, generator)` measures more
+    while a model is loaded (the benchmarks). Returns (metrics.json content, predictions rows).
     """
     import gc
 
@@ -185,7 +186,8 @@ def evaluate_models(target: str, labels: Sequence[str], eval_set_for, eval_confi
             answerable = [r for r in eval_set.records if r.kind != "text"]
             references = [reference_of(r) for r in answerable]
             key_words = distinctive_words(references, [question_of(r) for r in answerable])
-            rows = [{"index": i, "where": r.where, "reference": ref, "key_words": sorted(key)}
+            rows = [{"index": i, "where": r.where, "question": question_of(r), "reference": ref,
+                     "key_words": sorted(key)}
                     for i, (r, ref, key) in enumerate(zip(answerable, references, key_words))]
         pad_id = generator.tokenizer.pad_token_id
         loss = response_loss(generator.model, eval_set.examples, pad_id, eval_config.batch_size, progress=progress)
@@ -197,6 +199,8 @@ def evaluate_models(target: str, labels: Sequence[str], eval_set_for, eval_confi
                           "num_tokens": generation.num_tokens, **score}
         models[label] = model_summary(loss, scored, generations, references, eval_config.bootstrap_samples,
                                       eval_config.seed)
+        if on_model is not None:
+            on_model(label, generator)
         del generator
         gc.collect()
     return metrics_content(target, eval_set, len(rows), options, models), rows
@@ -284,16 +288,19 @@ def model_labels(which: str | None, is_trained: bool, compare_base: bool) -> lis
 
 
 def evaluate(target: str, labels: Sequence[str], eval_config, *, paths=None, data: str | None = None,
-             data_config=None, tokenization=None, precision: str = "auto", out_dir=None,
-             progress: bool = True) -> dict:
-    """Test loss and generation metrics of each model on the run's test split or a data file.
+             data_config=None, tokenization=None, precision: str = "auto", out_dir=None, judge=None,
+             judge_cache=None, progress: bool = True) -> dict:
+    """Test loss and generation metrics of each model on the run's test split or a data file, the benchmarks of
+    `eval_config.benchmarks` scored while each model is loaded, and, with a `judge` (a `Teacher`), a grade for
+    every answer (cached in `judge_cache`).
 
-    With `out_dir`, writes `metrics.json` and `predictions.jsonl` there (keeping the other model's results
-    from an earlier eval of the same set). Returns the metrics.json content.
+    With `out_dir`, writes `metrics.json`, `predictions.jsonl` and one `mc-<stem>.json` per benchmark there
+    (keeping the other model's results from an earlier eval of the same set). Returns the metrics.json content,
+    plus `benchmarks`: each benchmark's result as its file holds it, less the per-question items.
 
     Raises:
         RunError: nothing to evaluate on (a plain model without `data`, a run without a test split).
-        DataError: the data file is invalid.
+        DataError: the data file or a benchmark file is invalid.
     """
     from tunesmith.config import DataConfig, TokenizationConfig
     from tunesmith.errors import RunError
@@ -304,6 +311,8 @@ def evaluate(target: str, labels: Sequence[str], eval_config, *, paths=None, dat
         raise RunError(f"{target}: not a run folder, so there is no test split; give a data file with --data FILE")
     if data is None:
         require_test_split(paths)
+    benchmarks = {path: load_choice_items(path) for path in eval_config.benchmarks}  # bad files fail before loading
+    scores: dict[str, dict] = {path: {} for path in benchmarks}
 
     def eval_set_for(generator) -> EvalSet:
         if data is None:
@@ -315,23 +324,93 @@ def evaluate(target: str, labels: Sequence[str], eval_config, *, paths=None, dat
         return eval_set_from_file(data, data_config or DataConfig(), generator.tokenizer, generator.template,
                                   tokens, int(max_length), eval_config.limit, generator.stripped_form)
 
-    metrics, rows = evaluate_models(target, labels, eval_set_for, eval_config, precision, progress)
+    def score_benchmarks(label: str, generator) -> None:
+        for path, items in benchmarks.items():
+            scores[path][label] = score_choices(generator.model, generator.tokenizer, items,
+                                                eval_config.bootstrap_samples, eval_config.seed, progress)
+
+    metrics, rows = evaluate_models(target, labels, eval_set_for, eval_config, precision, progress, score_benchmarks)
+    if judge is not None:
+        from tunesmith.evaluate.judge import JUDGE_PROMPT, judge_rows
+
+        for label, summary in judge_rows(judge, rows, labels, judge_cache).items():
+            metrics["models"][label]["judge"] = summary
+        metrics["judge"] = {"name": judge.name, "prompt": JUDGE_PROMPT}
+    results = [choices_content(target, path, len(benchmarks[path]), scores[path]) for path in benchmarks]
     if out_dir is not None:
         metrics, rows = merge_previous(out_dir, metrics, rows)
         write_results(out_dir, metrics, rows)
-    return metrics
+        results = [write_choices(choices_file(out_dir, result["source"]), result) for result in results]
+    return {**metrics, "benchmarks": [without_items(result) for result in results]}
+
+
+CHOICE_METHOD = ("lm-evaluation-harness multiple_choice: context 'Question: {q}\\nAnswer:', continuation ' ' + "
+                 "choice; acc = argmax summed log-likelihood, acc_norm = argmax log-likelihood per character of the "
+                 "choice")
+
+
+def choices_content(target: str, path, n: int, models: dict) -> dict:
+    """A multiple-choice result file: what was scored and how, then each model's acc and acc_norm."""
+    return {"target": str(target), "source": str(path), "n": n, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "method": CHOICE_METHOD, "models": models}
+
+
+def choices_file(out_dir, source) -> Path:
+    """Where a multiple-choice file's results go: `mc-<stem>.json` in the eval folder."""
+    return Path(out_dir) / f"mc-{Path(str(source)).stem}.json"
+
+
+def choice_change(base: dict, tuned: dict, samples: int = 1000, seed: int = 0) -> dict:
+    """finetuned - base of acc and acc_norm with a paired bootstrap 95% interval (the same questions, so
+    resampled together): an interval that holds 0 says the finetune may have kept what the base knew.
+
+    >>> choice_change({"items": [{"acc": 1.0, "acc_norm": 1.0}, {"acc": 1.0, "acc_norm": 0.0}]},
+    ...               {"items": [{"acc": 0.0, "acc_norm": 1.0}, {"acc": 1.0, "acc_norm": 1.0}]}, samples=0)
+    {'acc': {'mean': -0.5, 'low': -0.5, 'high': -0.5}, 'acc_norm': {'mean': 0.5, 'low': 0.5, 'high': 0.5}}
+    """
+    diffs = [{name: t[name] - b[name] for name in ("acc", "acc_norm")}
+             for b, t in zip(base.get("items", []), tuned.get("items", []))]
+    return summarize_metrics(diffs, samples, seed)
+
+
+def write_choices(out_file, result: dict) -> dict:
+    """Write a multiple-choice result, keeping the other model's scores from an earlier run of the same file and
+    adding the base -> finetuned `change` when both are there; returns what was written."""
+    import json
+
+    from tunesmith.runs import atomic_write_json
+
+    try:
+        old = json.loads(Path(out_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = {}
+    models = dict(result["models"])
+    if isinstance(old, dict) and (old.get("source"), old.get("n")) == (result["source"], result["n"]):
+        models = {**{k: v for k, v in (old.get("models") or {}).items() if k not in models}, **models}
+    result = {**result, "models": models}
+    result.pop("change", None)
+    if "base" in models and "finetuned" in models:
+        result["change"] = choice_change(models["base"], models["finetuned"])
+    atomic_write_json(out_file, result)
+    return result
+
+
+def without_items(result: dict) -> dict:
+    """A multiple-choice result without the per-question log-likelihoods, for summaries."""
+    return {**result, "models": {label: {k: v for k, v in model.items() if k != "items"}
+                                 for label, model in result["models"].items()}}
 
 
 def evaluate_choices(target: str, labels: Sequence[str], path: str, eval_config, *, precision: str = "auto",
                      out_file=None, progress: bool = True) -> dict:
-    """acc and acc_norm of each model on a multiple-choice file, optionally saved as JSON.
+    """acc and acc_norm of each model on a multiple-choice file, optionally saved as JSON (next to the other
+    model's earlier scores of the same file).
 
     Raises:
         DataError: the file has records that are not multiple-choice questions.
     """
     import gc
 
-    from tunesmith.runs import atomic_write_json
     from tunesmith.use.generation import load_for_inference
 
     items = load_choice_items(path, eval_config.limit)
@@ -342,12 +421,5 @@ def evaluate_choices(target: str, labels: Sequence[str], path: str, eval_config,
                                       eval_config.seed, progress)
         del generator
         gc.collect()
-    result = {"target": str(target), "source": str(path), "n": len(items),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "method": "lm-evaluation-harness multiple_choice: context 'Question: {q}\\nAnswer:', continuation "
-                        "' ' + choice; acc = argmax summed log-likelihood, acc_norm = argmax log-likelihood per "
-                        "character of the choice",
-              "models": models}
-    if out_file is not None:
-        atomic_write_json(out_file, result)
-    return result
+    result = choices_content(target, path, len(items), models)
+    return write_choices(out_file, result) if out_file is not None else result

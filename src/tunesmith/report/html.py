@@ -23,7 +23,8 @@ from typing import Iterable, Sequence
 import yaml
 
 from tunesmith.report.charts import error_chart, length_chart, loss_chart, metric_charts
-from tunesmith.report.results import METRIC_LABELS, fmt, ordered_models, read_config, read_json, token_lengths
+from tunesmith.report.results import (GRADES, METRIC_LABELS, UNKNOWN, fmt, ordered_models, read_config, read_json,
+                                      token_lengths)
 from tunesmith.runs import RunPaths, atomic_write_text, read_jsonl
 
 __all__ = ["Markup", "build_report", "esc", "render_report", "table", "word_diff"]
@@ -103,6 +104,14 @@ def data_section(stats: dict | None, manifest: dict | None, lengths: Sequence[in
                            [[fmt(counts.get("records")), fmt(counts.get("train")), fmt(counts.get("test")),
                              fmt(counts.get("truncated")), fmt(counts.get("dropped")), manifest.get("shape"),
                              manifest.get("template"), fmt(manifest.get("max_length"))]]))
+        sources = manifest.get("sources") or []
+        if len(sources) > 1:  # data.sources: what each file gave the mixed training set
+            lengths_by_path = {s.get("path"): s.get("lengths") or {} for s in (stats or {}).get("sources") or []}
+            parts.append("<h3>Sources</h3>" + table(
+                ["file", "weight", "records", "train", "share of train", "test", "mean tokens"],
+                [[s.get("path"), fmt(s.get("weight")), fmt(s.get("records")), fmt(s.get("train")),
+                  percent(s.get("share")), fmt(s.get("test")),
+                  fmt((lengths_by_path.get(s.get("path"), {}).get("total") or {}).get("mean"))] for s in sources]))
     if stats:
         lengths_table = stats.get("lengths") or {}
         parts.append("<h3>Token lengths</h3>" + table(
@@ -133,6 +142,15 @@ def training_section(metrics: Sequence[dict], summary: dict | None) -> str:
     return section("training", "Training", "".join(parts) or NOT_COMPUTED)
 
 
+def percent(share) -> str:
+    """A share 0-1 as a percentage for tables.
+
+    >>> percent(0.25), percent(None)
+    ('25.0%', '-')
+    """
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
 def interval(stats: dict) -> Markup:
     return Markup(f'{esc(fmt(stats.get("mean")))} <span class="ci">[{esc(fmt(stats.get("low")))}, '
                   f'{esc(fmt(stats.get("high")))}]</span>')
@@ -149,12 +167,18 @@ def metrics_section(eval_metrics: dict | None) -> str:
     rows = scores[:1] + [["test loss"] + [fmt(models[m].get("loss"), 4) for m in labels],
                          ["perplexity"] + [fmt(models[m].get("perplexity")) for m in labels]] + scores[1:]
     rows += [[f"corpus {k}"] + [fmt(models[m].get("corpus", {}).get(k)) for m in labels] for k in ("bleu", "chrf")]
+    if any("judge" in models[m] for m in labels):
+        rows += [[f"judged {grade} %"] + [percent(models[m].get("judge", {}).get(grade)) for m in labels]
+                 for grade in GRADES]
     normalization, key_facts = eval_metrics.get("normalization"), eval_metrics.get("key_fact_recall")
     explained = (f" Key-fact recall is the {esc(key_facts)}: wording every answer shares (a sign-off) lifts ROUGE-L "
                  f"and BLEU but not it." if key_facts else "")
+    judge = (eval_metrics.get("judge") or {}).get("name")
+    judged = (f" Judged: each answer graded correct / partly / wrong against its reference by {esc(judge)} "
+              f"(unknown: no usable verdict)." if judge else "")
     note = (f'<p class="note">{esc(eval_metrics.get("n"))} test examples from {esc(eval_metrics.get("source"))}. '
             f'Means over examples on a 0-100 scale with bootstrap 95% intervals in brackets.{explained}'
-            f'{f" {esc(normalization)}." if normalization else ""}</p>')
+            f'{f" {esc(normalization)}." if normalization else ""}{judged}</p>')
     chart = metric_charts(models)
     body = note + table(["metric"] + labels, rows, "metrics") + (image(chart, "bar chart per metric") if chart else "")
     return section("metrics", "Metrics: base vs finetuned", body)
@@ -187,9 +211,23 @@ def _example_rows(predictions: Sequence[dict], labels: Sequence[str]) -> list[li
             scores = answer.get("metrics", {})
             shown = " · ".join(f"{METRIC_LABELS[n]} {esc(fmt(scores[n]))}" for n in WORST_BY if n in scores)
             cells.append(Markup(f'<div class="text">{word_diff(p.get("reference") or "", answer.get("output") or "")}'
-                                f'</div><div class="score">{shown or "-"}</div>'))
+                                f'</div><div class="score">{shown or "-"}</div>{verdict(answer.get("judge"))}'))
         rows.append(cells)
     return rows
+
+
+def verdict(judged: dict | None) -> str:
+    """The judge's grade of one answer and its reason (for `unknown`, the raw reply or failure), or nothing.
+
+    >>> verdict({"grade": "partly", "reason": "right price, <wrong> size"})
+    '<div class="judge grade-partly">judge: <b>partly</b> · right price, &lt;wrong&gt; size</div>'
+    """
+    if not judged:
+        return ""
+    grade, reason, raw = judged.get("grade", UNKNOWN), judged.get("reason", ""), judged.get("raw", "")
+    detail = f" · {esc(reason)}" if reason else ""
+    detail += f' <span class="raw">({esc(raw)})</span>' if raw else ""
+    return f'<div class="judge grade-{esc(grade)}">judge: <b>{esc(grade)}</b>{detail}</div>'
 
 
 def worst_metric(predictions: Sequence[dict], label: str) -> str:
@@ -223,6 +261,81 @@ def examples_sections(predictions: Sequence[dict], eval_metrics: dict | None) ->
                       legend + table(header, _example_rows(predictions, labels), "examples")))
 
 
+LEARNED = ("key_fact_recall", "exact_match_normalized", "token_f1", "rouge_l")
+"""The test metrics the learned/kept panel shows: the facts first, the wording after."""
+
+
+def is_compared(result: dict) -> bool:
+    """A multiple-choice result with both base and finetuned scores: it belongs in the learned/kept panel."""
+    return {"base", "finetuned"} <= set(result.get("models") or {})
+
+
+def change(before, after, digits: int = 2, lower_is_better: bool = False) -> Markup:
+    """after - before, signed and coloured by whether it is a gain (green) or a loss (red).
+
+    >>> str(change(50.0, 47.5))
+    '<span class="down">-2.50</span>'
+    """
+    if before is None or after is None:
+        return Markup("-")
+    delta = after - before
+    better = delta < 0 if lower_is_better else delta > 0
+    cls = "same" if delta == 0 else "up" if better else "down"
+    return Markup(f'<span class="{cls}">{delta:+.{digits}f}</span>')
+
+
+def learned_rows(models: dict) -> list[list]:
+    """Test-set rows of the panel: key metrics, test loss and the judge's correct share, base -> finetuned."""
+    base, tuned = models.get("base") or {}, models.get("finetuned") or {}
+    rows = []
+    for name in LEARNED:
+        before, after = ((m.get("metrics", {}).get(name) or {}).get("mean") for m in (base, tuned))
+        if after is not None:
+            rows.append([METRIC_LABELS[name], fmt(before), fmt(after), change(before, after)])
+    rows.append(["test loss", fmt(base.get("loss"), 4), fmt(tuned.get("loss"), 4),
+                 change(base.get("loss"), tuned.get("loss"), 4, lower_is_better=True)])
+    if "judge" in tuned:
+        before, after = ((m.get("judge") or {}).get("correct") for m in (base, tuned))
+        scaled = [None if v is None else 100 * v for v in (before, after)]
+        rows.append(["judged correct %", percent(before), percent(after), change(*scaled, digits=1)])
+    return rows
+
+
+def kept_rows(results: Sequence[dict]) -> list[list]:
+    """Benchmark rows of the panel: acc and acc_norm base -> finetuned, the change with its paired interval."""
+    rows = []
+    for result in results:
+        models, name = result["models"], Path(str(result.get("source", ""))).name
+        for metric in ("acc", "acc_norm"):
+            before, after = (models[m].get(metric, {}).get("mean") for m in ("base", "finetuned"))
+            delta = (result.get("change") or {}).get(metric) or {}
+            ci = (f' <span class="ci">[{delta["low"]:+.3f}, {delta["high"]:+.3f}]</span>'
+                  if "low" in delta else "")
+            rows.append([f"{name} ({fmt(result.get('n'))} q)", metric, fmt(before, 3), fmt(after, 3),
+                         Markup(change(before, after, 3) + ci)])
+    return rows
+
+
+def learned_kept_section(eval_metrics: dict | None, choices: Sequence[dict]) -> str:
+    """What the finetune learned (the test set) beside what it kept (benchmarks the base model knew), base ->
+    finetuned: gains on the test set bought by losses everywhere else show here at a glance."""
+    models = (eval_metrics or {}).get("models") or {}
+    compared = [r for r in choices if is_compared(r)]
+    if not ({"base", "finetuned"} <= set(models) or compared):
+        return ""
+    learned = (table(["metric", "base", "finetuned", "change"], learned_rows(models))
+               if {"base", "finetuned"} <= set(models) else NOT_COMPUTED)
+    kept = (table(["benchmark", "metric", "base", "finetuned", "change [95%]"], kept_rows(compared)) if compared
+            else '<p class="missing">no benchmark scored for both models: list multiple-choice files in '
+                 'eval.benchmarks</p>')
+    note = ('<p class="note">Learned: test-set means, 0-100 (test loss: lower is better). Kept: multiple-choice '
+            'accuracy, 0-1, scored as lm-evaluation-harness does; the change\'s paired bootstrap 95% interval in '
+            'brackets: one that holds 0 means no measurable forgetting.</p>')
+    body = (f'<div class="panel"><div><h3>Learned: held-out test questions</h3>{learned}</div>'
+            f'<div><h3>Kept: benchmarks</h3>{kept}</div></div>{note}')
+    return section("learned-kept", "Learned and kept: base vs finetuned", body)
+
+
 def choices_section(results: Sequence[dict]) -> str:
     rows = []
     for result in results:
@@ -247,6 +360,9 @@ pre.prompt{max-height:10rem;overflow:auto;font-size:.8rem;margin:0}.text{white-s
 ins{background:#d4f7d4;text-decoration:none}del{background:#fbd5d5}.ci{color:#666;font-size:.85em}
 .score{color:#666;font-size:.8em;margin-top:.3rem}.missing{color:#999;font-style:italic}.note{color:#555}
 img{max-width:100%;display:block;margin:.5rem 0}pre.config{columns:3 22rem;font-size:.85rem}
+.panel{display:flex;flex-wrap:wrap;gap:2.5rem}.panel h3{margin-bottom:0}.up{color:#17702b}.down{color:#b42318}
+.judge{font-size:.8em;margin-top:.2rem}.grade-correct b{color:#17702b}.grade-partly b{color:#a15c00}
+.grade-wrong b{color:#b42318}.grade-unknown b{color:#666}.raw{color:#888}
 """
 
 
@@ -256,18 +372,22 @@ def render_report(paths: RunPaths) -> str:
     eval_metrics = read_json(paths.eval_dir / "metrics.json")
     predictions = read_jsonl(paths.eval_dir / "predictions.jsonl")
     choices = [r for r in (read_json(p) for p in sorted(paths.eval_dir.glob("mc-*.json"))) if r]
+    panel = learned_kept_section(eval_metrics, choices)
+    listed = [r for r in choices if not is_compared(r)]  # the others are in the panel
     sections = [
+        panel,
         config_section(config),
         data_section(read_json(paths.data_stats), read_json(paths.manifest), token_lengths(paths)),
         training_section(read_jsonl(paths.metrics), read_json(paths.train_summary)),
         metrics_section(eval_metrics),
         errors_section(eval_metrics),
-        choices_section(choices),
+        choices_section(listed),
         examples_sections(predictions, eval_metrics),
     ]
-    links = [("config", "Configuration"), ("data", "Data"), ("training", "Training"), ("metrics", "Metrics"),
-             ("errors", "Errors")] + ([("choices", "Multiple choice")] if choices else []) + [
-             ("worst", "Worst examples"), ("examples", "All examples")]
+    links = ([("learned-kept", "Learned and kept")] if panel else []) + [
+        ("config", "Configuration"), ("data", "Data"), ("training", "Training"), ("metrics", "Metrics"),
+        ("errors", "Errors")] + ([("choices", "Multiple choice")] if listed else []) + [
+        ("worst", "Worst examples"), ("examples", "All examples")]
     nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in links)
     name = esc(paths.root.name)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>tunesmith report: {name}</title>'

@@ -15,7 +15,7 @@ import yaml
 
 from tunesmith.runs import RunPaths
 
-__all__ = ["METRIC_LABELS", "METRIC_SHORT", "MODEL_ORDER", "fmt", "ordered_models", "read_config", "read_json",
+__all__ = ["GRADES", "UNKNOWN", "METRIC_LABELS", "METRIC_SHORT", "MODEL_ORDER", "fmt", "ordered_models", "read_config", "read_json",
            "token_lengths"]
 
 METRIC_LABELS = {
@@ -33,6 +33,10 @@ reward wording every answer shares, so they stay high when the facts are wrong."
 METRIC_SHORT = {"key_fact_recall": "key_facts", "exact_match": "EM", "exact_match_normalized": "EM_norm",
                 "token_f1": "F1", "rouge_l": "ROUGE-L", "bleu": "BLEU", "chrf": "chrF"}
 """Column names for terminal tables."""
+
+GRADES = ("correct", "partly", "wrong", "unknown")
+"""The judge's grades as result files write them (`evaluate.judge`), in table order; unknown: no usable verdict."""
+UNKNOWN = "unknown"
 
 MODEL_ORDER = ("base", "finetuned", "model")
 """Models shown first, in this order, wherever models stand side by side."""
