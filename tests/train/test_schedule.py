@@ -79,3 +79,15 @@ class TestDataOrder:
             shards = [sum(step_examples(step, 13, training, rank, 2), []) for rank in (0, 1)]
             assert shards[0] and shards[1] and not set(shards[0]) & set(shards[1])
             assert len(step_examples(step, 13, training, 0, 2)) == len(step_examples(step, 13, training, 1, 2))
+
+
+def test_the_epoch_order_is_made_once_per_epoch_and_read_only():
+    from tunesmith.train.schedule import epoch_order
+
+    epoch_order.cache_clear()
+    training = TrainingConfig(batch_size=2, gradient_accumulation_steps=1, seed=5)
+    for step in range(8):  # 10 examples, 5 steps an epoch: epochs 0 and 1
+        step_examples(step, 10, training)
+    assert epoch_order.cache_info().misses == 2
+    with pytest.raises(ValueError):
+        epoch_order(10, 5, 0)[0] = 3

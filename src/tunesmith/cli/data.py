@@ -61,7 +61,9 @@ def register(subparsers) -> None:
         "inspect", help="shape, token lengths, truncation, duplicates and baked-in templates of a data file",
         description="Load FILE (.jsonl, .json, .csv, .parquet or a datasets folder), detect its shape, measure "
                     "token lengths with the model's tokenizer and template, and report what training would see.")
-    inspect.add_argument("file", metavar="FILE", help="data file or a folder saved by datasets")
+    inspect.add_argument("file", metavar="FILE", nargs="+",
+                         help="data file or a folder saved by datasets; several (the files of data.sources) are "
+                              "inspected one by one, then compared")
     _add_inspect_flags(inspect)
     inspect.set_defaults(handler=_inspect)
 
@@ -84,18 +86,39 @@ def _inspect(args: argparse.Namespace) -> int:
            "tokenization": {"max_length": args.max_length}, "model": {"name": args.model},
            "template": {"name": args.template}}
     config = config_from_dict(raw, source="command line")
-    plot = None if args.no_plot else args.plot or f"{Path(args.file.rstrip('/')).stem}_lengths.png"
-    result = api.inspect_data(args.file, config.data, config.model, config.template, config.tokenization, plot)
+    results = []
+    for file in args.file:
+        plot = None if args.no_plot else args.plot or f"{Path(file.rstrip('/')).stem}_lengths.png"
+        results.append(api.inspect_data(file, config.data, config.model, config.template, config.tokenization,
+                                        plot if len(args.file) == 1 or not args.plot else None))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        shown = [r.to_dict() for r in results]
+        print(json.dumps(shown[0] if len(shown) == 1 else shown, indent=2, ensure_ascii=False))
     else:
-        print(format_inspection(result))
-    if result.is_clean:
-        return 0
-    count = len(result.skipped)
-    print(f"error: {count:,} of {result.records_read:,} records {'is' if count == 1 else 'are'} invalid (listed above "
-          f"with what training does with them); --on-error skip accepts them here", file=sys.stderr)
-    return 1
+        print("\n\n".join(format_inspection(r) for r in results))
+        if len(results) > 1:
+            print("\n" + format_sources(results))
+    status = 0
+    for result in results:
+        if result.is_clean:
+            continue
+        count, status = len(result.skipped), 1
+        where = f" in {result.file}" if len(results) > 1 else ""
+        print(f"error: {count:,} of {result.records_read:,} records{where} {'is' if count == 1 else 'are'} "
+              f"invalid (listed above with what training does with them); --on-error skip accepts them here",
+              file=sys.stderr)
+    return status
+
+
+def format_sources(results) -> str:
+    """Several files side by side: what each would give a mix (`data.sources`)."""
+    total = sum(r.stats.num_records for r in results) or 1
+    lines = [f"{'source':<40}{'records':>10}{'share':>8}{'mean tokens':>13}{'truncated':>11}  shape"]
+    for r in results:
+        cut = r.stats.truncation
+        lines.append(f"{r.file[-40:]:<40}{r.stats.num_records:>10,}{r.stats.num_records / total:>8.1%}"
+                     f"{r.stats.lengths['total'].mean:>13g}{(cut.examples_truncated if cut else 0):>11,}  {r.shape}")
+    return "\n".join(lines)
 
 
 def _prepare(args: argparse.Namespace) -> int:

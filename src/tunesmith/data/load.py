@@ -44,18 +44,32 @@ def read_rows(path: str | Path, max_record_bytes: int = 1_000_000) -> list[RawRo
     Raises:
         DataError: the path is missing, has an unsupported format, or is unreadable as a whole.
     """
+    return list(iter_rows(path, max_record_bytes))
+
+
+def iter_rows(path: str | Path, max_record_bytes: int = 1_000_000) -> Iterator[RawRow]:
+    """The rows of `read_rows` one at a time, so a file of millions of records is never held whole (JSON Lines,
+    CSV rows, Parquet batches and `datasets` folders stream; a .json array is parsed as one text).
+
+    Raises:
+        DataError: the path is missing or has an unsupported format (at once), or is unreadable (when read).
+    """
     path = Path(path)
     file = str(path)
     if not path.exists():
         raise DataError("data file not found", file=file)
     if path.is_dir():
-        return list(_read_dataset_folder(path, max_record_bytes))
+        return _read_dataset_folder(path, max_record_bytes)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         kinds = ", ".join(READERS) + ", or a folder saved by datasets"
         raise DataError(f"unsupported data format {path.suffix or '(no extension)'!r}; use {kinds}", file=file)
+    return _unless_unreadable(reader(path, max_record_bytes), file)
+
+
+def _unless_unreadable(rows: Iterator[RawRow], file: str) -> Iterator[RawRow]:
     try:
-        return list(reader(path, max_record_bytes))
+        yield from rows
     except OSError as e:
         raise DataError(f"cannot read the file: {e.strerror or e}", file=file) from None
 

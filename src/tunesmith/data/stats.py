@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterable, Iterator
 
 from tunesmith.data.lengths import kept_window
 from tunesmith.data.records import Record, prompt_key
@@ -24,6 +25,9 @@ from tunesmith.data.text import percentile, words
 
 EXAMPLES_SHOWN = 5
 """How many example locations each finding keeps (the counts are always complete)."""
+
+DUPLICATES_SCANNED = 50_000
+"""Records looked at for duplicates (the first ones), which bounds their memory; other statistics count all."""
 
 NEAR_DUPLICATE_JACCARD = 0.9
 """Word-trigram Jaccard similarity from which two examples count as near duplicates."""
@@ -84,6 +88,8 @@ class Duplicates:
     exact_examples: list[list[str]] = field(default_factory=list)
     conflicting_examples: list[list[str]] = field(default_factory=list)
     near_examples: list[list[str]] = field(default_factory=list)
+    records_scanned: int | None = None
+    """How many (the first) records were looked at when not all were (`DUPLICATES_SCANNED`); None: all."""
 
 
 @dataclass
@@ -339,42 +345,64 @@ def baked_templates(records: list[Record]) -> BakedTemplates:
     return BakedTemplates(count, dict(markers.most_common()), examples)
 
 
-def compute_stats(records: list[Record], lengths: list[tuple[int, int]], max_length: int | None = None,
+def compute_stats(records: Iterable[Record], lengths: list[tuple[int, int]], max_length: int | None = None,
                   truncation_side: str = "left") -> DataStats:
-    """All statistics of a dataset; `lengths[i]` is `(prompt_tokens, response_tokens)` of `records[i]`.
+    """All statistics of a dataset; `lengths[i]` is `(prompt_tokens, response_tokens)` of the i-th record.
+
+    `records` is read once, so it may be a stream; duplicates are looked for among the first
+    `DUPLICATES_SCANNED` records (`duplicates.scanned` says how many), which bounds their memory.
 
     Raises:
         ValueError: `lengths` does not have one entry per record (a programming error, not a user one).
     """
-    if len(lengths) != len(records):
-        raise ValueError(f"{len(lengths)} lengths for {len(records)} records")
+    shapes, kinds, scanned = Counter(), Counter(), []
+
+    def counted() -> Iterator[Record]:
+        for record in records:
+            shapes[record.shape] += 1
+            kinds[record.kind] += 1
+            if len(scanned) < DUPLICATES_SCANNED:
+                scanned.append(record)
+            yield record
+
+    baked = baked_templates(counted())
+    count = sum(shapes.values())
+    if len(lengths) != count:
+        raise ValueError(f"{len(lengths)} lengths for {count} records")
     return DataStats(
-        num_records=len(records),
-        shapes=dict(Counter(r.shape for r in records)),
-        kinds=dict(Counter(r.kind for r in records)),
+        num_records=count,
+        shapes=dict(shapes),
+        kinds=dict(kinds),
         lengths={"prompt": summarize([p for p, _ in lengths]), "response": summarize([r for _, r in lengths]),
                  "total": summarize([p + r for p, r in lengths])},
         truncation=truncation(lengths, max_length, truncation_side) if max_length else None,
-        duplicates=duplicates(records),
-        baked_templates=baked_templates(records))
+        duplicates=replace(duplicates(scanned), records_scanned=len(scanned) if count > len(scanned) else None),
+        baked_templates=baked)
 
 
-def overlap(train_records: list[Record], test_records: list[Record]) -> Overlap:
+def overlap(train_records: Iterable[Record], test_records: list[Record]) -> Overlap:
     """Test records whose prompt (or whole example) also occurs in training: their scores would flatter.
+
+    The training records are read once (a stream will do); only the test side is held.
 
     >>> a, b = Record("t", 1, "qa", prompt="Q", response="A"), Record("s", 1, "qa", prompt="Q", response="B")
     >>> overlap([a], [b])
     Overlap(same_prompt=1, same_example=0, examples=['s:1 has the prompt of t:1'])
     """
-    train_prompts: dict[str, Record] = {}
+    test_prompts = {prompt_key(r) for r in test_records}
+    test_examples = {(prompt_key(r), _answer(r)) for r in test_records}
+    first_match: dict[str, Record] = {}
     train_examples = set()
     for record in train_records:
-        train_prompts.setdefault(prompt_key(record), record)
-        train_examples.add((prompt_key(record), _answer(record)))
+        key = prompt_key(record)
+        if key in test_prompts:
+            first_match.setdefault(key, record)
+            if (key, _answer(record)) in test_examples:
+                train_examples.add((key, _answer(record)))
     same_prompt = same_example = 0
     examples = []
     for record in test_records:
-        match = train_prompts.get(prompt_key(record))
+        match = first_match.get(prompt_key(record))
         if match is None:
             continue
         same_prompt += 1
@@ -382,4 +410,3 @@ def overlap(train_records: list[Record], test_records: list[Record]) -> Overlap:
         if len(examples) < EXAMPLES_SHOWN:
             examples.append(f"{record.where} has the prompt of {match.where}")
     return Overlap(same_prompt, same_example, examples)
-

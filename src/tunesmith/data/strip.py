@@ -222,6 +222,15 @@ class Stripped:
     after: str = ""
 
 
+def is_stripped(form: str | None, carried: int, total: int, setting: bool | str) -> bool:
+    """Whether `data.strip_template` removes `form`, carried by `carried` of `total` records (see `strip_templates`).
+
+    >>> is_stripped("qa", 6, 10, "auto"), is_stripped("qa", 5, 10, "auto"), is_stripped("qa", 1, 10, True)
+    (True, False, True)
+    """
+    return form is not None and (setting is True or (setting == "auto" and carried * 2 > total))
+
+
 def strip_templates(records: list[Record], setting: bool | str) -> tuple[list[Record], Stripped]:
     """Records without the baked-in form most of them carry, and what was done.
 
@@ -235,8 +244,7 @@ def strip_templates(records: list[Record], setting: bool | str) -> tuple[list[Re
     """
     name = setting if isinstance(setting, str) else str(setting).lower()
     form, carried = baked_form(records)
-    wanted = setting is True or (setting == "auto" and carried * 2 > len(records))
-    if form is None or not wanted:
+    if not is_stripped(form, carried, len(records), setting):
         return list(records), Stripped(name, form, carried, 0, len(records))
     out = [strip_record(record, form) for record in records]
     changed = [(old, new) for old, new in zip(records, out) if new is not old]

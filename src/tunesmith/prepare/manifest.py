@@ -28,6 +28,25 @@ class SourceFile(_Part):
     sha256: str
 
 
+class SourceCounts(_Part):
+    """One training source of a preparation (`data.path`, or one of `data.sources`): its files and what it gave."""
+
+    path: str
+    sha256: str
+    test_path: str | None = None
+    test_sha256: str | None = None
+    weight: float | None = None
+    max_records: int | None = None
+    records: int
+    """Valid records of its training file."""
+    skipped_invalid: int = 0
+    train: int
+    """Its examples in the (mixed) training set."""
+    test: int
+    share: float
+    """Its share of the training set: `train` / all training examples."""
+
+
 class Counts(_Part):
     """How many records went where."""
 
@@ -65,6 +84,8 @@ class Manifest(_Part):
     version: int = MANIFEST_VERSION
     source: SourceFile
     test_source: SourceFile | None = None
+    """The first source's files (`source`, `test_source`); `sources` lists every source with its counts."""
+    sources: list[SourceCounts] = []
     config_hash: str
     model: str
     template: str

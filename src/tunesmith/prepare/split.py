@@ -1,9 +1,10 @@
 """The train/test split: deterministic across runs and machines, and disjoint by prompt.
 
 Records are grouped by `data.prompt_key` (an exact-duplicate prompt is one group), and groups are ordered by a
-SHA-256 of the seed and the key, never Python's `hash()` (salted per process). The test side takes groups in
-that order until it holds the asked number of records, so the same file and seed always give the same split,
-and a prompt that appears twice is never on both sides.
+SHA-256 of the seed and the key (`group_key`: 32 bytes a record, so a million-record split needs 32 MB), never
+Python's `hash()` (salted per process). The test side takes groups in that order until it holds the asked number
+of records, so the same file and seed always give the same split, and a prompt that appears twice is never on
+both sides.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
+import numpy as np
+
 from tunesmith.config import SplitConfig
 from tunesmith.data import Record, prompt_key
 from tunesmith.errors import ConfigError
 
-__all__ = ["split_records", "test_count"]
+__all__ = ["group_key", "split_records", "test_count", "test_mask"]
 
 
 def test_count(total: int, test_size: float | int) -> int:
@@ -37,8 +40,39 @@ def test_count(total: int, test_size: float | int) -> int:
     return wanted
 
 
-def _group_order(key: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}\0{key}".encode("utf-8")).hexdigest()
+def group_key(record: Record, seed: int) -> bytes:
+    """The record's place in the split order: SHA-256 of the seed and its prompt (equal prompts, equal keys)."""
+    return hashlib.sha256(f"{seed}\0{prompt_key(record)}".encode("utf-8")).digest()
+
+
+def test_mask(keys: np.ndarray, test_size: float | int) -> np.ndarray:
+    """Which records go to the test side, from their `group_key`s (an array of 32-byte strings, file order).
+
+    Groups (equal keys) are taken in key order until the test side holds the asked count; a group that would
+    overshoot is skipped, so the test side holds that count whenever it can; when every group overshoots, the
+    smallest (first in the file among equals) goes.
+
+    Raises:
+        ConfigError: the test side would take every record.
+    """
+    wanted = test_count(len(keys), test_size)
+    groups, first, inverse, sizes = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    chosen = np.zeros(len(groups), dtype=bool)
+    taken = 0
+    for group, size in enumerate(sizes.tolist()):  # np.unique sorts the keys: the split order
+        if taken >= wanted:
+            break
+        if taken + size <= wanted:
+            chosen[group] = True
+            taken += size
+    if wanted and not taken:
+        smallest = np.flatnonzero(sizes == sizes.min())
+        chosen[smallest[np.argmin(first[smallest])]] = True
+    mask = chosen[inverse.reshape(-1)]
+    if len(keys) and mask.all():
+        raise ConfigError(f"split.test_size={test_size!r}: every prompt group landed in the test split "
+                          f"(the data has {len(groups)} distinct prompts); use a smaller test_size")
+    return mask
 
 
 def split_records(records: Sequence[Record], split: SplitConfig) -> tuple[list[Record], list[Record]]:
@@ -49,21 +83,6 @@ def split_records(records: Sequence[Record], split: SplitConfig) -> tuple[list[R
     Raises:
         ConfigError: the test side would take every record.
     """
-    wanted = test_count(len(records), split.test_size)
-    groups: dict[str, list[int]] = {}
-    for index, record in enumerate(records):
-        groups.setdefault(prompt_key(record), []).append(index)
-    test: set[int] = set()
-    for key in sorted(groups, key=lambda k: _group_order(k, split.seed)):
-        if len(test) >= wanted:
-            break
-        # A group that would overshoot is skipped so the test side holds the asked count whenever it can.
-        if len(test) + len(groups[key]) <= wanted:
-            test.update(groups[key])
-    if wanted and not test:
-        test.update(min(groups.values(), key=len))
-    if len(test) == len(records):
-        raise ConfigError(f"split.test_size={split.test_size!r}: every prompt group landed in the test split "
-                          f"(the data has {len(groups)} distinct prompts); use a smaller test_size")
-    train = [r for i, r in enumerate(records) if i not in test]
-    return train, [r for i, r in enumerate(records) if i in test]
+    keys = np.array([group_key(r, split.seed) for r in records], dtype="S32")
+    mask = test_mask(keys, split.test_size)
+    return [r for r, t in zip(records, mask) if not t], [r for r, t in zip(records, mask) if t]

@@ -30,8 +30,8 @@ from tunesmith.data.text import percentile
 from tunesmith.prepare.templates import render_prompt, render_segments, resolve_template_name
 
 __all__ = ["IGNORE_INDEX", "MaskingStrategy", "Measured", "TokenizedRecord", "build_example", "encode_prompt",
-           "encode_record", "max_length_note", "measure_lengths", "resolve_max_length", "special_prefix",
-           "tokenize_for_model", "tokenize_records"]
+           "encode_record", "full_example", "has_loss", "max_length_note", "measure_lengths", "resolve_max_length",
+           "special_prefix", "tokenize_for_model", "tokenize_records"]
 
 IGNORE_INDEX = -100
 """Label of a position that carries no loss (prompt, padding); the value torch's cross-entropy skips."""
@@ -94,6 +94,11 @@ def special_prefix(tokenizer) -> list[int]:
 def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(backend, "truncation", None):
+        # The Rust tokenizer's batch encode itself: the same ids as tokenizer(texts) without building a Python
+        # encoding object per text (a third of prepare's time at a million records).
+        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
     # verbose=False: long examples are expected here and are truncated later, by our own rules.
     return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
@@ -122,11 +127,10 @@ def tokenize_records(records: Sequence[Record], tokenizer, template: TemplateCon
     return tokenized
 
 
-def build_example(tokenized: TokenizedRecord, tokenization: TokenizationConfig, max_length: int) -> dict | None:
-    """Concatenate the pieces, label them by position, truncate; None when no token is left to learn from.
+def full_example(tokenized: TokenizedRecord, tokenization: TokenizationConfig) -> tuple[list[int], list[int]]:
+    """The pieces concatenated and labelled by position, before truncation.
 
-    pieces ((5, 6), (7, 2)), trainable (False, True), train_on=responses
-    -> {"input_ids": [5, 6, 7, 2], "labels": [-100, -100, 7, 2]}
+    pieces ((5, 6), (7, 2)), trainable (False, True), train_on=responses -> ([5, 6, 7, 2], [-100, -100, 7, 2])
     """
     train_all = MaskingStrategy(tokenization.train_on) is MaskingStrategy.ALL
     input_ids: list[int] = []
@@ -134,12 +138,25 @@ def build_example(tokenized: TokenizedRecord, tokenization: TokenizationConfig, 
     for piece, trainable in zip(tokenized.pieces, tokenized.trainable):
         input_ids.extend(piece)
         labels.extend(piece if trainable or train_all else [IGNORE_INDEX] * len(piece))
+    return input_ids, labels
+
+
+def has_loss(labels) -> bool:
+    """Whether any label after the first carries a loss: a causal LM predicts token t from the tokens before it,
+    so the first position's label never counts."""
+    return any(label != IGNORE_INDEX for label in labels[1:])
+
+
+def build_example(tokenized: TokenizedRecord, tokenization: TokenizationConfig, max_length: int) -> dict | None:
+    """Concatenate the pieces, label them by position, truncate; None when no token is left to learn from.
+
+    pieces ((5, 6), (7, 2)), trainable (False, True), train_on=responses
+    -> {"input_ids": [5, 6, 7, 2], "labels": [-100, -100, 7, 2]}
+    """
+    input_ids, labels = full_example(tokenized, tokenization)
     start, end = kept_window(tokenized.total_tokens, tokenized.answer_start, max_length, tokenization.truncation_side)
     input_ids, labels = input_ids[start:end], labels[start:end]
-    # The first position's label never counts: a causal LM predicts token t from the tokens before it.
-    if not any(label != IGNORE_INDEX for label in labels[1:]):
-        return None
-    return {"input_ids": input_ids, "labels": labels}
+    return {"input_ids": input_ids, "labels": labels} if has_loss(labels) else None
 
 
 def encode_record(record: Record, tokenizer, template: TemplateConfig, tokenization: TokenizationConfig,

@@ -1,14 +1,15 @@
 """What happens at each optimizer step, as pure functions of the step: the learning rate and the examples.
 
-Nothing here keeps state: the learning rate is a function of the step, the data order a function of seed and
-epoch, so a run resumed at step k takes exactly the steps an uninterrupted run takes from k on, with no
-scheduler or sampler state in the checkpoint.
+Nothing here keeps state (the epoch's order is cached, a pure function's result): the learning rate is a function
+of the step, the data order a function of seed and epoch, so a run resumed at step k takes exactly the steps an
+uninterrupted run takes from k on, with no scheduler or sampler state in the checkpoint.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -40,9 +41,16 @@ def lr_at(step: int, peak: float, total_steps: int, warmup: int, schedule: str) 
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@lru_cache(maxsize=2)
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled example order of one epoch, the same in every process and every resumed run."""
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+    """The shuffled example order of one epoch, the same in every process and every resumed run.
+
+    Made once per epoch and kept (read-only): permuting a million examples at every step would cost more than
+    the step's data. A pure function of its arguments, so the cache changes no result.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    order.setflags(write=False)
+    return order
 
 
 def steps_per_epoch(num_examples: int, examples_per_step: int, world_size: int) -> int:
