@@ -1,4 +1,5 @@
-"""`tunesmith train --help` claims only the multi-process training that is tested: DDP through --nproc."""
+"""`tunesmith train --help` claims only the multi-process training that is tested: DDP and FSDP through --nproc
+(tests/train/test_multiprocess.py, tests/train/test_fsdp.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,6 @@ def test_train_help_names_ddp_through_nproc_and_no_untested_backends(capsys, mon
         build_parser().parse_args(["train", "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--nproc N trains data parallel (DDP)" in text
-    for untested in ("FSDP", "DeepSpeed", "fsdp", "deepspeed", "accelerate launch"):
+    assert "--nproc N trains data parallel, either DDP" in text and "training.distributed=fsdp, PyTorch FSDP2" in text
+    for untested in ("DeepSpeed", "deepspeed", "accelerate launch"):
         assert untested not in text

@@ -52,14 +52,16 @@ def save_model(paths: RunPaths, model, tokenizer, info: dict, merge: bool):
 
 
 def train_summary(training: TrainingConfig, precision: str, world_size: int, plan: StepPlan, state: TrainState,
-                  elapsed_s: float, stopped_early: bool, model_step: int, final_test_loss: float | None) -> dict:
+                  elapsed_s: float, stopped_early: bool, model_step: int, final_test_loss: float | None,
+                  sharded: bool = False) -> dict:
     """`train_summary.json`: how long, how fast, how far the run went, and which step's weights were saved.
 
-    Training time and tokens/s leave out the test-loss evaluations.
+    Training time and tokens/s leave out the test-loss evaluations; `sharded`: FSDP sharded the model.
     """
     train_s = elapsed_s - state.eval_s
     return {
-        "method": training.method, "precision": precision, "processes": world_size, "steps": state.step,
+        "method": training.method, "precision": precision, "processes": world_size, "sharded": sharded,
+        "steps": state.step,
         "total_steps": plan.total_steps, "epochs": plan.epochs(state.step), "stopped_early": stopped_early,
         "model_step": model_step, "time_s": round(elapsed_s, 2), "train_time_s": round(train_s, 2),
         "tokens_seen": state.tokens_seen, "loss_tokens": state.loss_tokens,

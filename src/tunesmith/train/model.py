@@ -1,5 +1,5 @@
 """The model being trained: built (full, LoRA or QLoRA: the only place the methods differ before saving), then
-wrapped for the loop (loss, precision, processes) and unwrapped again before it is saved.
+wrapped for the loop (loss, sharding, precision, processes) and unwrapped again before it is saved.
 """
 
 from __future__ import annotations
@@ -13,8 +13,14 @@ from tunesmith.errors import TrainingError
 from tunesmith.modeling.losses import CausalLMLoss
 from tunesmith.modeling.packing import register_packed_attention
 from tunesmith.models import apply_lora, load_causal_lm, load_model
-from tunesmith.train.bf16_weights import TrainableCopies, bf16_trainable_copies, frozen_to_bf16, restore_frozen
+from tunesmith.train.bf16_weights import (
+    TrainableCopies,
+    bf16_trainable_copies,
+    frozen_to_bf16,
+    restore_frozen,
+)
 from tunesmith.train.distributed import Runtime
+from tunesmith.train.sharding import full_state_dict, shard
 from tunesmith.train.speed import SpeedChoices
 
 
@@ -101,7 +107,8 @@ class Learner:
     tokenizer: object
     """Saved with the model; its pad id pads the batches."""
     loss_model: torch.nn.Module
-    """CausalLMLoss around the model, prepared by accelerate (DDP under several processes)."""
+    """CausalLMLoss around the model: sharded by FSDP2 (`training.distributed`), or prepared by accelerate (DDP
+    under several processes)."""
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     """fp16 loss scaling against underflow; a no-op for bf16 and fp32."""
@@ -113,15 +120,26 @@ class Learner:
     """The frozen base was cast to bf16 for the run; `unwrap_after_training` reloads it in fp32."""
 
 
-def wrap_for_training(model, optimizer, tokenizer, training: TrainingConfig, runtime: Runtime) -> Learner:
-    """The built (and possibly resumed) model and optimizer, made ready for the loop."""
+def loss_model_for(model, training: TrainingConfig, runtime: Runtime) -> CausalLMLoss:
+    """The loss around the built model; under FSDP sharded in place (each decoder layer, then the loss as the
+    root), so the optimizer, built next, holds the shards."""
+    loss_model = CausalLMLoss(model)
+    if runtime.sharded:
+        shard(loss_model, training, runtime.device, runtime.world)
+    return loss_model
+
+
+def wrap_for_training(model, loss_model, optimizer, tokenizer, training: TrainingConfig,
+                      runtime: Runtime) -> Learner:
+    """The built (and possibly resumed) model, its loss model and the optimizer, made ready for the loop."""
     precision, speed = runtime.precision, runtime.speed
     lora_hooks = keep_lora_sums_fp32(model) if speed.fp32_lora_sums else []
     # bf16 on CPU: matrix weights are cast once (frozen: for the whole run; trainable: once per step) instead of
     # by autocast in every forward and backward; same numbers, ~10% less time (see bf16_weights.py). One process
     # only: DDP synchronizes the fp32 parameters' gradients through hooks the bf16 copies would bypass.
     frozen_in_bf16 = speed.bf16_weights and training.method == "lora" and frozen_to_bf16(model) > 0
-    loss_model, optimizer = runtime.accelerator.prepare(CausalLMLoss(model), optimizer)
+    if not runtime.sharded:  # sharded, FSDP does what DDP would: accelerate has nothing to add
+        loss_model, optimizer = runtime.accelerator.prepare(loss_model, optimizer)
     copies = bf16_trainable_copies(loss_model) if speed.bf16_weights and runtime.world == 1 else None
     loss_model.train()
     return Learner(model=model, tokenizer=tokenizer, loss_model=loss_model, optimizer=optimizer,
@@ -138,3 +156,26 @@ def unwrap_after_training(learner: Learner, model_cfg: ModelConfig) -> None:
         learner.copies.close()
     if learner.frozen_in_bf16:
         restore_frozen(learner.model, model_cfg)
+
+
+def gathered_model(learner: Learner, model_cfg: ModelConfig, training: TrainingConfig, runtime: Runtime):
+    """Under FSDP: the trained weights gathered into a plain model in the main process's CPU memory (None on the
+    others), to save and merge as an unsharded run does; every process takes part in the gathering.
+
+    The plain model is built as the run built its own (the base read from the model file), then given every
+    trained weight: under LoRA the adapters, the base being frozen. The optimizer's state is dropped first.
+
+    Raises:
+        TrainingError: a trained weight has no place in the rebuilt model.
+    """
+    learner.optimizer.state.clear()  # training is over: the moments need not sit beside the gathered copy
+    weights = full_state_dict(learner.model, trainable_only=True)
+    if not runtime.is_main:
+        return None
+    plain = build_model(model_cfg, training, runtime.speed)
+    result = plain.load_state_dict(weights, strict=False)
+    missing = {name for name, p in plain.named_parameters() if p.requires_grad} - set(weights)
+    if result.unexpected_keys or missing:
+        raise TrainingError(f"gathering the sharded model: {sorted(result.unexpected_keys)[:3]} unexpected, "
+                            f"{sorted(missing)[:3]} missing; this is a tunesmith bug, please report it")
+    return plain  # on the CPU, where the weights were gathered: a GPU already holds its shards

@@ -39,10 +39,11 @@ def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
     """
     scaler.unscale_(optimizer)
     if max_grad_norm:
-        grad_norm = float(accelerator.clip_grad_norm_(trainable, max_grad_norm))
+        grad_norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)
     else:
-        grad_norm = float(torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(p.grad) for p in trainable if p.grad is not None])))
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
+    # sharded (FSDP) gradients give the norm as a DTensor of partial sums: the whole norm is its full tensor
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

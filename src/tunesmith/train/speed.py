@@ -11,6 +11,10 @@ On a GPU the same tricks cost memory for nothing: bf16 copies and persistent fp3
 for a 7B model, and fp32 LoRA sums double the saved activations. There training runs under plain autocast, with
 the LoRA base loaded directly in bf16 (not fp32, then cast), and transformers' own attention.
 
+Under FSDP (sharding.py) the bf16 working weights are off on any device: their copies would be made of the
+sharded parameters and run the forward past FSDP's gathering. The fp32 LoRA sums (forward hooks), the packed
+attention and the fused loss work on the gathered weights as on plain ones and stay.
+
 The fused loss's softmax block (`modeling.losses.softmax_rows`) is chosen by device too, but inside the loss:
 evaluation runs it as well, and the modeling layer sits below training.
 """
@@ -37,14 +41,17 @@ class SpeedChoices:
     """The dtype LoRA's frozen base is loaded in (full finetuning always loads fp32 masters)."""
 
 
-def speed_choices(device_type: str, method: str, precision: str) -> SpeedChoices:
-    """The speed choices for a device type ("cpu", "cuda"), a training method and a resolved precision.
+def speed_choices(device_type: str, method: str, precision: str, sharded: bool = False) -> SpeedChoices:
+    """The speed choices for a device type ("cpu", "cuda"), a training method, a resolved precision, and whether
+    FSDP shards the model.
 
     >>> speed_choices("cuda", "lora", "bf16").lora_base_dtype
     torch.bfloat16
+    >>> speed_choices("cpu", "full", "bf16").bf16_weights, speed_choices("cpu", "full", "bf16", sharded=True).bf16_weights
+    (True, False)
     """
     if device_type == "cpu":
-        return SpeedChoices(bf16_weights=precision == "bf16",
+        return SpeedChoices(bf16_weights=precision == "bf16" and not sharded,
                             fp32_lora_sums=precision != "fp32" and method != "full",
                             packed_attention=method != "qlora", lora_base_dtype=torch.float32)
     return SpeedChoices(bf16_weights=False, fp32_lora_sums=False, packed_attention=False,
