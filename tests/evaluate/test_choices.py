@@ -53,6 +53,48 @@ def _arc_task(data_file):
     return ConfigurableTask(config=config)
 
 
+# (log-likelihoods, choices) where dividing by characters picks differently from dividing by characters + the
+# leading space, by UTF-8 bytes, or by tokens, so only lm-evaluation-harness's own rule gives its acc_norm
+NORMALIZATION_CASES = [
+    ([-2.0, -4.1], ["a", "abc"]),                       # per char -2.0 vs -1.37; with the space -1.0 vs -1.03
+    ([-3.0, -4.0], ["éé", "abc"]),                      # per char -1.5 vs -1.33; per byte -0.75 vs -1.33
+    ([-9.0, -6.0], ["photosynthesis", "a cat"]),        # per char -0.64 vs -1.2; per token (1 vs 2) -9 vs -3
+    ([-5.0, -5.2, -30.0], ["xy", "xyz", "a rather long third choice"]),
+]
+
+
+@pytest.fixture(scope="module")
+def normalization_docs(tmp_path_factory):
+    """lm-evaluation-harness's arc_easy task over one question per case (answer B), and its docs."""
+    pytest.importorskip("lm_eval", reason="lm-eval (dev extra) is not installed")
+    rows = [hf_arc(f"q{i}?", texts, "B", [chr(65 + j) for j in range(len(texts))])
+            for i, (_, texts) in enumerate(NORMALIZATION_CASES)]
+    task = _arc_task(write_jsonl(tmp_path_factory.mktemp("norm") / "cases.jsonl", rows))
+    return task, list(task.test_docs())
+
+
+@pytest.mark.parametrize("case", range(len(NORMALIZATION_CASES)))
+def test_acc_norm_rule_is_lm_evaluation_harness_s(normalization_docs, case):
+    """Its ARC task's process_results decides acc and acc_norm from the same log-likelihoods as we do."""
+    task, docs = normalization_docs
+    lls, texts = NORMALIZATION_CASES[case]
+    metrics = task.process_results(docs[case], [(ll, False) for ll in lls])
+    pick, pick_norm = ev.choice_predictions(lls, texts)
+    assert (float(pick == 1), float(pick_norm == 1)) == (metrics["acc"], metrics["acc_norm"])
+
+
+def test_normalization_cases_tell_the_rules_apart(tokenizer):
+    """Each case above has at least one other plausible rule pick differently, so the test pins the rule."""
+    import numpy as np
+
+    rules = {"chars + space": lambda t: len(t) + 1, "bytes": lambda t: len(t.encode()),
+             "tokens": lambda t: len(tokenizer.encode(" " + t))}
+    for lls, texts in NORMALIZATION_CASES:
+        ours = ev.choice_predictions(lls, texts)[1]
+        others = {name: int(np.argmax(np.asarray(lls) / [rule(t) for t in texts])) for name, rule in rules.items()}
+        assert any(pick != ours for pick in others.values()), (texts, others)
+
+
 def test_encode_pair_matches_harness(harness, tokenizer):
     for context, continuation in [("Question: hi\nAnswer:", " yes"), ("Answer: ", "yes"), ("a  ", " b")]:
         assert ev.encode_pair(tokenizer, context, continuation) == tuple(harness._encode_pair(context, continuation))
