@@ -85,3 +85,24 @@ def test_the_shipped_benchmark_is_a_fair_four_choice_test():
     assert max(Counter(i.answer for i in items).values()) / len(items) < 0.4
     demo = load_config(SHIPPED.parent / "demo.yaml")
     assert demo.eval.benchmarks == [str(SHIPPED)]
+
+
+@pytest.mark.parametrize("asked, scored", [("auto", "fp32"), ("bf16", "bf16")])
+def test_eval_mc_scores_in_fp32_unless_told_otherwise_as_lm_eval_does(tmp_path, monkeypatch, asked, scored):
+    from tunesmith.config import EvalConfig
+    from tunesmith.evaluate import run
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(target, which, precision="auto", device=None):
+        seen.append(precision)
+        raise Stop
+
+    monkeypatch.setattr("tunesmith.use.generation.load_for_inference", fake_load)
+    path = write_jsonl(tmp_path / "mc.jsonl", QUESTIONS)
+    with pytest.raises(Stop):
+        run.evaluate_choices("some-model", ["model"], str(path), EvalConfig(), precision=asked, progress=False)
+    assert seen == [scored]

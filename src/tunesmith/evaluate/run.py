@@ -414,6 +414,10 @@ def evaluate_choices(target: str, labels: Sequence[str], path: str, eval_config,
     from tunesmith.use.generation import load_for_inference
 
     items = load_choice_items(path, eval_config.limit)
+    # lm-evaluation-harness scores a float32 checkpoint in float32; `auto` would pick bf16 on a CPU with fast bf16
+    # and move acc_norm by a few questions in 200. Scores are meant to be comparable with lm-eval's, so `auto`
+    # means fp32 here; an explicit precision is kept.
+    precision = "fp32" if precision == "auto" else precision
     models = {}
     for label in labels:
         generator = load_for_inference(target, "base" if label == "base" else "finetuned", precision=precision)
