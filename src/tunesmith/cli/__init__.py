@@ -14,7 +14,7 @@ import sys
 from tunesmith import __version__
 from tunesmith.errors import TunesmithError
 
-COMMAND_GROUPS = ["pipeline", "data", "train", "evaluate", "use", "generate_data", "ui"]
+COMMAND_GROUPS = ["pipeline", "data", "train", "plan", "evaluate", "use", "generate_data", "ui"]
 """Modules of tunesmith.cli that register commands, in the order `--help` lists them."""
 
 

@@ -30,10 +30,12 @@ from tunesmith.config.schema import (
     Config,
     DataConfig,
     EvalConfig,
+    JudgeConfig,
     ModelConfig,
     OutputConfig,
     Section,
     Shape,
+    SourceConfig,
     SplitConfig,
     TemplateConfig,
     TokenizationConfig,
@@ -43,8 +45,8 @@ from tunesmith.config.schema import (
 )
 
 __all__ = ["DEFAULT_MODEL", "ChatConfig", "Config", "DataConfig", "DecodingConfig", "EvalConfig", "ExportConfig",
-           "FromDocsConfig", "GenerateConfig", "ModelConfig", "OutputConfig", "Section", "SelfInstructConfig",
-           "ServeConfig", "Shape", "SplitConfig", "TeacherConfig", "TemplateConfig", "TokenizationConfig",
+           "FromDocsConfig", "GenerateConfig", "JudgeConfig", "ModelConfig", "OutputConfig", "Section", "SelfInstructConfig",
+           "ServeConfig", "Shape", "SourceConfig", "SplitConfig", "TeacherConfig", "TemplateConfig", "TokenizationConfig",
            "TrainingConfig", "apply_overrides", "config_from_dict", "config_hash", "config_to_yaml",
            "cross_field_problems", "learning_rate", "load_config", "parse_override", "read_yaml",
            "validate_section"]

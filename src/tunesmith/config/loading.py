@@ -120,8 +120,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
                     candidate = Path(path).parent / data[key]
                     data[key] = str(candidate) if candidate.exists() else data[key]
+        evaluation = raw.get("eval")
+        if isinstance(evaluation, dict) and isinstance(evaluation.get("benchmarks"), list):
+            evaluation["benchmarks"] = [_beside(path, b) for b in evaluation["benchmarks"]]
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, source)
+
+
+def _beside(config_path: str | Path, value):
+    """A relative file named in a config, as the path beside the config file when one is there (else as given)."""
+    if not isinstance(value, str) or Path(value).is_absolute():
+        return value
+    candidate = Path(config_path).parent / value
+    return str(candidate) if candidate.exists() else value
 
 
 def config_from_dict(raw: dict, source: str = "config") -> Config:

@@ -6,9 +6,10 @@ never the whole config, so what a stage depends on is visible in its signature.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -31,9 +32,38 @@ class ModelConfig(Section):
 Shape = Literal["auto", "alpaca", "qa", "prompt_completion", "input_output", "messages", "sharegpt", "text"]
 
 
+class SourceConfig(Section):
+    """One of several training files (`data.sources`); shape and keys left empty are taken from `data`."""
+
+    path: str
+    """Training data: .jsonl, .json, .csv, .parquet, or a folder saved by `datasets`."""
+    test_path: str | None = None
+    """Optional separate test file of this source; when set, `split` is not applied to this source."""
+    weight: float | None = Field(default=None, gt=0)
+    """Share of the mixed training set (relative to the other weights); empty keeps every record."""
+    max_records: int | None = Field(default=None, gt=0)
+    """Use at most this many records of the source (a seeded sample, in file order)."""
+    shape: Shape | None = None
+    """Record shape of this file; empty uses `data.shape`."""
+    prompt_key: str | None = None
+    """Column holding the prompt in this file; empty uses `data.prompt_key`."""
+    input_key: str | None = None
+    """Column holding extra input in this file; empty uses `data.input_key`."""
+    response_key: str | None = None
+    """Column holding the answer in this file; empty uses `data.response_key`."""
+    system_key: str | None = None
+    """Column holding a system prompt in this file; empty uses `data.system_key`."""
+    messages_key: str | None = None
+    """Column holding a conversation in this file; empty uses `data.messages_key`."""
+    text_key: str | None = None
+    """Column holding plain text in this file; empty uses `data.text_key`."""
+
+
 class DataConfig(Section):
     path: str | None = None
     """Training data: .jsonl, .json, .csv, .parquet, or a folder saved by `datasets`."""
+    sources: list[SourceConfig] = []
+    """Several training files mixed by weight, instead of `data.path` (each `path`, `weight` or `max_records`)."""
     test_path: str | None = None
     """Optional separate test file; when set, `split` is not used."""
     shape: Shape = "auto"
@@ -100,6 +130,9 @@ class TrainingConfig(Section):
     """Passes over the training split (ignored when max_steps is set)."""
     max_steps: int | None = Field(default=None, gt=0)
     """Stop after this many optimizer steps."""
+    time_budget: float | None = Field(default=None, gt=0)
+    """Training time (90s, 10m, 1h; stored in seconds): the first steps are timed, then the run's steps are set so
+    its learning-rate schedule ends at the budget (replaces epochs; not with max_steps)."""
     batch_size: int = Field(default=8, gt=0)
     """Examples per optimizer step per process, before accumulation."""
     gradient_accumulation_steps: int = Field(default=1, gt=0)
@@ -118,6 +151,12 @@ class TrainingConfig(Section):
     """`auto` = bf16 where the hardware runs it fast, else fp32 (fp16 on GPUs without bf16)."""
     packing: bool = True
     """Pack several examples into one row (attention kept inside each example) so no compute goes to padding."""
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        """`10m` and friends to seconds, so the rest of tunesmith sees one unit."""
+        return duration_seconds(value) if isinstance(value, str) else value
+
     lora_r: int = Field(default=16, gt=0)
     """LoRA rank."""
     lora_alpha: float = Field(default=32, gt=0)
@@ -141,6 +180,53 @@ class TrainingConfig(Section):
     """Stop when test loss has not improved for this many evaluations."""
     num_threads: int | None = Field(default=None, gt=0)
     """CPU threads for torch; empty uses all cores."""
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+    """With several processes: `ddp` (a full copy of the model per process), `fsdp` (PyTorch FSDP2: weights,
+    gradients and optimizer state sharded across processes, each decoder layer gathered only while it runs), or
+    `auto` = fsdp when the training state (16 bytes per trainable parameter: weights, gradients, AdamW
+    moments; the frozen weights as stored) would take over half of one device's memory (a GPU's, or the RAM
+    divided by the processes on the machine), else ddp. One process trains unsharded either way."""
+    fsdp_reshard_after_forward: bool = True
+    """fsdp: free each layer's gathered weights after its forward and gather them again for the backward (less
+    memory, more communication); false keeps them until the backward."""
+    fsdp_cpu_offload: bool = False
+    """fsdp on GPUs: keep the sharded weights, gradients and optimizer state in CPU memory (the optimizer steps on
+    the CPU); no effect when training on a CPU."""
+
+
+class JudgeConfig(Section):
+    """The LLM judge of `tunesmith eval --judge-url`: any OpenAI-compatible endpoint (`tunesmith serve` too).
+
+    Requests are retried and bounded as the generators' are (`TeacherConfig`); grades are cached by
+    prompt + reference + answer + judge, so a rerun asks only about new answers.
+    """
+
+    url: str
+    """An OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (a bare host gets /v1 appended)."""
+    model: str | None = None
+    """Model name sent to the endpoint; empty uses the first model its /models lists."""
+    key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's API key; when it is unset no key is sent."""
+    concurrency: int = Field(default=4, gt=0, le=256)
+    """Requests in flight at once."""
+    max_retries: int = Field(default=3, ge=0, le=20)
+    """Retries of a request after a 429, a 5xx, a timeout or a lost connection; then the grade is `unknown`."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds one request may take."""
+    max_tokens: int = Field(default=128, gt=0)
+    """Longest verdict (grade and reason) the judge may write."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_alone(cls, data):
+        """`--set eval.judge=http://...` names the endpoint alone."""
+        return {"url": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _http_url(self) -> JudgeConfig:
+        if not re.match(r"https?://[^/:]+", self.url):
+            raise ValueError(f"eval.judge.url={self.url!r}: expected http://HOST[:PORT][/v1] or https://...")
+        return self
 
 
 class EvalConfig(Section):
@@ -162,6 +248,10 @@ class EvalConfig(Section):
     """Resamples for the 95% intervals of the metric means."""
     seed: int = 0
     """Seed for sampling and the bootstrap."""
+    benchmarks: list[str] = []
+    """Multiple-choice files (as `eval --mc` reads them) scored for base and finetuned: what the finetune kept."""
+    judge: JudgeConfig | None = None
+    """An LLM that grades each test answer correct / partly / wrong against its reference (`url`, `model`)."""
 
 
 class OutputConfig(Section):
@@ -217,9 +307,39 @@ def cross_field_problems(config: Config) -> list[str]:
         problems.append("template.name=jinja needs template.jinja (template text or a file path)")
     if config.template.jinja and config.template.name != "jinja":
         problems.append(f"template.jinja is set but template.name={config.template.name!r}; set template.name=jinja")
+    if config.data.sources and (config.data.path or config.data.test_path):
+        problems.append("data.path/data.test_path and data.sources are both set: give one file as data.path, or "
+                        "several as data.sources (each with its own test_path)")
+    weighted = [s.weight is not None for s in config.data.sources]
+    if any(weighted) and not all(weighted):
+        problems.append("data.sources: give every source a weight, or none (no weights keeps every record)")
+    if config.training.time_budget is not None and config.training.max_steps is not None:
+        problems.append("training.time_budget and training.max_steps are both set: the budget decides the number "
+                        "of steps; unset one of them")
     if isinstance(config.tokenization.max_length, int) and config.tokenization.max_length < 8:
         problems.append(f"tokenization.max_length={config.tokenization.max_length}: must be >= 8 or 'auto'")
     return problems
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(text: str) -> float:
+    """A duration such as `90s`, `10m`, `1.5h` or `1h30m` (a bare number is seconds) in seconds.
+
+    >>> duration_seconds("10m"), duration_seconds("1h30m"), duration_seconds("90")
+    (600.0, 5400.0, 90.0)
+
+    Raises:
+        ValueError: not a duration (pydantic reports it with the key).
+    """
+    cleaned = text.strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", cleaned):
+        return float(cleaned)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", cleaned)
+    if not parts or "".join(number + unit for number, unit in parts) != cleaned:
+        raise ValueError(f"{text!r} is not a duration; write it as 90s, 10m, 1h or 1h30m")
+    return float(sum(float(number) * DURATION_UNITS[unit] for number, unit in parts))
 
 
 def learning_rate(training: TrainingConfig) -> float:

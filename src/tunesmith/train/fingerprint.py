@@ -13,6 +13,9 @@ What may change on resume (not compared), and why:
   since the run then matches no uninterrupted run; under `constant` with `warmup_steps` it stays exact.
 - `save_every_steps`, `keep_checkpoints`, `eval_every_steps`, `log_every_steps`, `early_stopping_patience`:
   when the run writes, tests or stops, never what a step computes.
+- `time_budget`: where the run ends, like `max_steps`. The length it decided is kept in the checkpoint's state
+  (budget.py): a resume with the same budget takes the steps still planned, with another one it times the next
+  steps and fits the budget left. Until the length is decided the fingerprint's schedule has no `total_steps`.
 - `num_threads`, `gradient_checkpointing`: how fast or in how much memory a step runs, not its result.
 - `merge_lora`, `output.*`, `eval.*`: what is saved and done after training.
 Every setting of the preparation (model section, template, tokenization, split, the data files' content) is in
@@ -75,7 +78,9 @@ def run_fingerprint(model_cfg: ModelConfig, training: TrainingConfig, manifest: 
     """What `fingerprint.json` holds: the compared `trajectory`, and the `schedule` only notes are drawn from."""
     return {"version": FINGERPRINT_VERSION,
             "trajectory": trajectory(model_cfg, training, data_identity(manifest), world_size, precision),
-            "schedule": {"total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
+            # a time budget's length is decided after the first steps (the loop fills it in then)
+            "schedule": {"total_steps": None if training.time_budget else plan.total_steps,
+                         "warmup_steps": plan.warmup_steps,
                          "peak_lr": plan.peak_lr, "lr_scheduler": plan.schedule}}
 
 
@@ -159,7 +164,7 @@ def resume_notes(folder: Path, now: dict, step: int) -> list[str]:
         return [f"{folder}: checkpoint without a fingerprint (older tunesmith): only the number of processes was "
                 f"checked; resume it with the settings it was trained with"]
     before, after = saved.get("schedule", {}), now["schedule"]
-    if before.get("total_steps") in (None, after["total_steps"]):
+    if before.get("total_steps") in (None, after["total_steps"]) or after["total_steps"] is None:
         return []
     old = dict(peak=before["peak_lr"], total_steps=before["total_steps"], warmup=before["warmup_steps"],
                schedule=before["lr_scheduler"])

@@ -26,8 +26,8 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -53,11 +53,26 @@ from tunesmith.train.checkpoints import (
     set_rng_state,
     writing,
 )
-from tunesmith.train.distributed import Runtime, accumulate_gradients, evaluate_loss, gather_objects, make_accelerator
+from tunesmith.train.distributed import (
+    Runtime,
+    accumulate_gradients,
+    evaluate_loss,
+    gather_objects,
+    make_accelerator,
+    with_distribution,
+)
 from tunesmith.train.fingerprint import resume_notes, run_fingerprint
-from tunesmith.train.model import Learner, build_model, unwrap_after_training, wrap_for_training
+from tunesmith.train.model import (
+    Learner,
+    build_model,
+    gathered_model,
+    loss_model_for,
+    unwrap_after_training,
+    wrap_for_training,
+)
 from tunesmith.train.optim import apply_gradients, build_optimizer, set_learning_rate
-from tunesmith.train.schedule import StepPlan, plan_steps, step_examples
+from tunesmith.train.budget import BudgetDecision, StepTimer, decide_steps
+from tunesmith.train.schedule import StepPlan, plan_steps, step_examples, warmup_steps
 from tunesmith.train.speed import speed_choices
 from tunesmith.train.state import Clock, TrainResult, TrainState
 from tunesmith.train.stopping import RunStatus, StopSignal
@@ -77,8 +92,9 @@ draws the loss plot with it; training itself draws nothing)."""
 class TrainData:
     """The prepared splits as the loop takes them, and the widest row a batch of them may pack into."""
 
-    train: list[dict]
-    test: list[dict]
+    train: Sequence[dict]
+    """Examples as `{"input_ids", "labels"}`, read from the prepared Arrow files when indexed."""
+    test: Sequence[dict]
     manifest: Manifest
     max_row_tokens: int
 
@@ -128,14 +144,16 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, tem
     with StopSignal() as stop, run.status.failing_on_error():
         tokenizer = load_tokenizer(model_cfg)
         model = build_model(model_cfg, training, runtime.speed).to(runtime.device)
+        run = replace(run, runtime=with_distribution(runtime, training, model))  # ddp or fsdp, now it is known
+        loss_model = loss_model_for(model, training, run.runtime)  # sharded first: the optimizer holds the shards
         optimizer = build_optimizer(model, training, run.plan.peak_lr)
         state = resume_or_start(run, model, optimizer, resume)
-        learner = wrap_for_training(model, optimizer, tokenizer, training, runtime)
+        learner = wrap_for_training(model, loss_model, optimizer, tokenizer, training, run.runtime)
 
         metrics = read_jsonl(paths.metrics)
         clock = Clock.start(state.elapsed_s)
         run.status.running(state.step)
-        outcome = run_steps(run, learner, state, clock, metrics, stop)
+        run, outcome = run_all_steps(run, learner, state, clock, metrics, stop)
         if outcome == "stopped":
             run.status.write("stopped", state.step)
             return TrainResult(paths.model, None, state.step, state.train_loss, None, state.best_test_loss,
@@ -170,14 +188,14 @@ def load_data(paths: RunPaths, world_size: int) -> TrainData:
         RunError: the run has no prepared data.
         TrainingError: fewer training examples than processes.
     """
-    from tunesmith.prepare.pipeline import load_prepared
+    from tunesmith.prepare.pipeline import PreparedExamples, load_prepared
 
     train_set, test_set, manifest = load_prepared(paths)
-    train_examples = [{"input_ids": i, "labels": l} for i, l in zip(train_set["input_ids"], train_set["labels"])]
-    test_examples = [{"input_ids": i, "labels": l} for i, l in zip(test_set["input_ids"], test_set["labels"])]
+    # indexed in the memory-mapped Arrow files at each step, never copied into this process
+    train_examples, test_examples = PreparedExamples(train_set), PreparedExamples(test_set)
     if len(train_examples) < world_size:
         raise TrainingError(f"{len(train_examples)} training examples cannot feed {world_size} processes")
-    max_row_tokens = max(MIN_ROW_TOKENS, manifest.max_length, max(len(e["input_ids"]) for e in train_examples))
+    max_row_tokens = max(MIN_ROW_TOKENS, manifest.max_length, int(train_examples.lengths().max()))
     return TrainData(train_examples, test_examples, manifest, max_row_tokens)
 
 
@@ -217,10 +235,73 @@ def resume_or_start(run: Run, model, optimizer, resume: bool) -> TrainState:
 # the loop
 
 
+def run_all_steps(run: Run, learner: Learner, state: TrainState, clock: Clock, metrics: list[dict],
+                  stop: StopSignal) -> tuple[Run, str]:
+    """The run's steps (`run_steps`), and the run with the length it had in the end.
+
+    With `training.time_budget` the first steps run under the configured plan while timed; then the number of
+    steps is set once so that the schedule ends at the budget (budget.py), and the rest runs under that plan.
+    A resume with the same budget keeps the length decided before (`state.budget`).
+    """
+    budget_s = run.training.time_budget
+    if budget_s is None:
+        return run, run_steps(run, learner, state, clock, metrics, stop)
+    if state.budget is not None and state.budget["budget_s"] == budget_s:
+        run = with_length(run, state.budget["total_steps"])
+        return run, run_steps(run, learner, state, clock, metrics, stop)
+    if state.budget is not None and run.runtime.is_main:
+        warnings.warn(f"training.time_budget is now {budget_s:g} s (the run was planned for "
+                      f"{state.budget['budget_s']:g} s): timing the next steps to fit the budget left", stacklevel=2)
+    timer = StepTimer(budget_s)
+
+    def timed_enough(now: TrainState) -> bool:
+        finished = timer.tick(now.step, now.tokens_seen, now.eval_s)
+        return gather_objects(finished)[0] if run.runtime.world > 1 else finished  # rank 0 decides for all
+
+    outcome = run_steps(run, learner, state, clock, metrics, stop, until=timed_enough)
+    if outcome in ("early", "stopped") or timer.timed_steps == 0:
+        return run, outcome
+    decision = decide_budget(run, state, clock, timer)
+    state.budget = decision.to_json()
+    if run.runtime.is_main:
+        tqdm_write(decision.why())
+    run = with_length(run, decision.total_steps)
+    return run, run_steps(run, learner, state, clock, metrics, stop)
+
+
+def decide_budget(run: Run, state: TrainState, clock: Clock, timer: StepTimer) -> BudgetDecision:
+    """The length the budget holds, from the timed steps; the main process's decision, for every process."""
+    train_lengths, test_lengths = run.data.train.lengths(), run.data.test.lengths()
+    tokens_per_step = float(train_lengths.sum()) / run.plan.epoch_steps
+    decision = decide_steps(run.training.time_budget, clock.elapsed(), state.step, timer.seconds_per_token(),
+                            tokens_per_step, int(test_lengths.sum()) if len(test_lengths) else 0,
+                            run.training.eval_every_steps, run.plan.epoch_steps, timer.timed_steps)
+    return gather_objects(decision)[0] if run.runtime.world > 1 else decision
+
+
+def with_length(run: Run, total_steps: int) -> Run:
+    """The run with `total_steps` steps: its warmup and schedule follow the new length, and so do the
+    checkpoints' fingerprint and the status file."""
+    plan = replace(run.plan, total_steps=total_steps, warmup_steps=warmup_steps(run.training, total_steps))
+    if run.fingerprint is not None:
+        run.fingerprint["schedule"].update(total_steps=plan.total_steps, warmup_steps=plan.warmup_steps)
+    if run.status is not None:
+        run.status.total_steps = total_steps
+    return replace(run, plan=plan)
+
+
+def tqdm_write(text: str) -> None:
+    """A line above the progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(text)
+
+
 def run_steps(run: Run, learner: Learner, state: TrainState, clock: Clock, metrics: list[dict],
-              stop: StopSignal) -> str:
+              stop: StopSignal, until: Callable[[TrainState], bool] | None = None) -> str:
     """Optimizer steps from `state.step` to the plan's end: step, evaluate, log, checkpoint; returns "done", or
-    "early" (early stopping) or "stopped" (a stop signal: the step finished and checkpointed)."""
+    "early" (early stopping) or "stopped" (a stop signal: the step finished and checkpointed), or "measured"
+    when `until(state)`, asked after each step, says so (the time budget's probe)."""
     from tqdm.auto import tqdm
 
     training, total_steps = run.training, run.plan.total_steps
@@ -253,6 +334,8 @@ def run_steps(run: Run, learner: Learner, state: TrainState, clock: Clock, metri
                 if not saved:
                     checkpoint(run, learner, state, clock)
                 return "stopped"
+            if until is not None and until(state):
+                return "measured"
     return "done"
 
 
@@ -308,8 +391,8 @@ def evaluate(run: Run, learner: Learner, state: TrainState, clock: Clock, step: 
         return None
     if state.best_test_loss is None or loss < state.best_test_loss:
         state.best_test_loss, state.best_step, state.evals_without_improvement = loss, step, 0
-        if runtime.is_main and save_best_copy:
-            save_best(run.paths, learner.model, step, loss)
+        if save_best_copy and (runtime.is_main or runtime.sharded):  # sharded weights are gathered by all
+            save_best(run.paths, learner.model, step, loss, is_main=runtime.is_main)
     else:
         state.evals_without_improvement += 1
     return loss
@@ -331,13 +414,14 @@ def log_metrics(run: Run, metrics: list[dict], line: dict) -> None:
 
 
 def checkpoint(run: Run, learner: Learner, state: TrainState, clock: Clock) -> None:
-    """Save `checkpoints/step-N/` (main process), with every process's RNG state; all processes wait for it."""
+    """Save `checkpoints/step-N/` (main process; each process its shards when sharded), with every process's RNG
+    state; all processes wait for it."""
     runtime = run.runtime
     state.elapsed_s = clock.elapsed()
     rng_states = [rng_state()] if runtime.world == 1 else gather_objects(rng_state())
-    if runtime.is_main:
+    if runtime.is_main or runtime.sharded:
         save_checkpoint(run.paths, state.step, learner.model, learner.optimizer, state, rng_states,
-                        run.training.keep_checkpoints, fingerprint=run.fingerprint)
+                        run.training.keep_checkpoints, fingerprint=run.fingerprint, is_main=runtime.is_main)
     runtime.accelerator.wait_for_everyone()
 
 
@@ -353,8 +437,12 @@ def finish(run: Run, learner: Learner, state: TrainState, clock: Clock, metrics:
     model_step = keep_best_weights(run, learner.model, state)
     unwrap_after_training(learner, model_cfg)
     summary = train_summary(training, runtime.precision, runtime.world, run.plan, state, clock.elapsed(),
-                            stopped_early, model_step, final_test_loss)
-    model, merged_dir = learner.model, None
+                            stopped_early, model_step, final_test_loss, sharded=runtime.sharded)
+    if state.budget is not None:
+        summary["time_budget"] = state.budget
+    # sharded: gathered once into a plain model on the main process, saved as an unsharded run saves its own
+    model = gathered_model(learner, model_cfg, training, runtime) if runtime.sharded else learner.model
+    merged_dir = None
     if runtime.is_main:
         with writing(f"the model to {paths.model}", checkpoint_note(paths)):
             if run.on_metrics is not None:
@@ -365,7 +453,7 @@ def finish(run: Run, learner: Learner, state: TrainState, clock: Clock, metrics:
             atomic_write_json(paths.train_summary, summary)
     runtime.accelerator.wait_for_everyone()
     return TrainResult(paths.model, merged_dir, state.step, state.train_loss, final_test_loss,
-                       state.best_test_loss, summary, model.eval())
+                       state.best_test_loss, summary, model.eval() if model is not None else None)
 
 
 def final_evaluation(run: Run, learner: Learner, state: TrainState, clock: Clock, metrics: list[dict]) -> float | None:

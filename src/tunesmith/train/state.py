@@ -33,10 +33,15 @@ class TrainState:
     """Evaluations since the best test loss; early stopping counts these."""
     world_size: int = 1
     """Processes the run trains with; a resume must use as many, or the data order would differ."""
+    budget: dict | None = None
+    """How `training.time_budget` set the run's length after timing the first steps (budget.py's
+    `BudgetDecision`); a resume with the same budget keeps it, one with another budget decides anew."""
 
     def to_json(self, rng_states: list[dict]) -> dict:
-        """The `trainer_state.json` of a checkpoint: these fields, then each process's RNG state."""
-        return {**asdict(self), "rng": rng_states}
+        """The `trainer_state.json` of a checkpoint: these fields, then each process's RNG state (`budget` only in
+        a budgeted run, so other runs write the file as they always did)."""
+        fields_now = {key: value for key, value in asdict(self).items() if key != "budget" or value is not None}
+        return {**fields_now, "rng": rng_states}
 
     @classmethod
     def from_json(cls, saved: dict, world_size: int) -> tuple[TrainState, list[dict]]:
