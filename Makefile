@@ -18,14 +18,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# llama-cpp-python (the `gguf` extra: export --quant q4_k_m/--verify, and the GGUF tests): PyPI has only its
+# source, so pip builds llama.cpp, about 6 minutes on 2 cores. `make test` needs it; `make demo` does not.
+$(VENV)/.gguf: $(VENV)/.installed
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON" $(PIP) install -q -e '.[gguf]'
+	touch $@
+
 demo: install
 	$(VENV)/bin/tunesmith demo
 
-test: install
+test: install $(VENV)/.gguf
 	$(PY) -m pytest
 
 # Long reliability variants (10,000-record fuzz, 10 random SIGKILLs, 500-request load); CI runs them too.
-test-slow: install
+test-slow: install $(VENV)/.gguf
 	$(PY) -m pytest -m slow
 
 bench: install

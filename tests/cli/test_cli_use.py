@@ -28,7 +28,8 @@ def calls(monkeypatch):
 
     monkeypatch.setattr(api, "generate_answers", record("generate", [{"output": "answer"}]))
     monkeypatch.setattr(api, "open_server", record("serve", FakeServer()))
-    monkeypatch.setattr(api, "export", record("export", type("R", (), {"out": "o", "gguf": None})()))
+    exported = {"out": "o", "gguf": None, "adapter": None, "modelfile": None, "verification": None}
+    monkeypatch.setattr(api, "export", record("export", type("R", (), exported)()))
     monkeypatch.setattr(api, "open_chat", record("chat", "session"))
     monkeypatch.setattr("tunesmith.cli.chat.chat_loop", lambda session: seen.setdefault("loop", session))
     return seen

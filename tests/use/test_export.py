@@ -151,20 +151,14 @@ class TestGGUF:
             expected, got = exported(torch.tensor([ids])).logits, from_gguf(torch.tensor([ids])).logits
         assert torch.allclose(expected, got, atol=1e-5)
 
-    def test_gguf_of_an_unmerged_adapter_is_refused(self, lora_run, tmp_path):
-        with pytest.raises(RunError, match="--merge"):
-            export_run(str(lora_run), str(tmp_path / "out"), ExportConfig(gguf=True))
+    def test_gguf_of_an_unmerged_adapter_is_its_base_plus_a_gguf_adapter(self, lora_run, tmp_path):
+        import gguf
 
-    def test_other_architectures_get_a_clear_error(self, tokenizer, tmp_path):
-        from types import SimpleNamespace
-
-        from tunesmith.errors import ModelError
-        from tunesmith.use.export import write_gguf
-
-        model = SimpleNamespace(config=SimpleNamespace(model_type="gpt_neox"))
-        with pytest.raises(ModelError, match="architecture 'gpt_neox'"):
-            write_gguf(model, tokenizer, tmp_path, tmp_path / "m.gguf", "fp32")
-        assert not (tmp_path / "m.gguf").exists()
+        result = export_run(str(lora_run), str(tmp_path / "out"), ExportConfig(gguf=True))
+        assert not result.merged and result.gguf.name == "out.base.f32.gguf"
+        reader = gguf.GGUFReader(result.adapter)
+        assert bytes(reader.fields["general.type"].parts[-1]).decode() == "adapter"
+        assert any(t.name == "blk.0.attn_q.weight.lora_b" for t in reader.tensors)
 
 
 def test_bf16_inference_of_run_and_export_agree(lora_run, tmp_path):

@@ -109,6 +109,7 @@ def _register_serve(subparsers) -> None:
 
 def _register_export(subparsers) -> None:
     from tunesmith.config import ExportConfig
+    from tunesmith.config.commands import GGUFQuant
 
     fields = ExportConfig.model_fields
     export = subparsers.add_parser(
@@ -121,6 +122,14 @@ def _register_export(subparsers) -> None:
                         help=field_help(ExportConfig, "dtype"))
     export.add_argument("--gguf", action="store_true", default=fields["gguf"].default,
                         help=field_help(ExportConfig, "gguf", show_default=False))
+    export.add_argument("--quant", choices=typing.get_args(GGUFQuant), default=fields["quant"].default,
+                        type=str.lower, help=field_help(ExportConfig, "quant", show_default=False))
+    export.add_argument("--ollama", action="store_true", default=fields["ollama"].default,
+                        help=field_help(ExportConfig, "ollama", show_default=False))
+    export.add_argument("--verify", type=int, default=fields["verify"].default, metavar="N",
+                        help=field_help(ExportConfig, "verify", show_default=False))
+    export.add_argument("--verify-max-new-tokens", type=int, default=fields["verify_max_new_tokens"].default,
+                        metavar="N", help=field_help(ExportConfig, "verify_max_new_tokens"))
     export.set_defaults(handler=_export)
 
 
@@ -206,8 +215,21 @@ def _export(args: argparse.Namespace) -> int:
     from tunesmith import api
     from tunesmith.config import ExportConfig
 
-    result = api.export(args.run, args.out, settings=_section(ExportConfig, args, ("merge", "dtype", "gguf")))
+    names = ("merge", "dtype", "gguf", "quant", "ollama", "verify", "verify_max_new_tokens")
+    result = api.export(args.run, args.out, settings=_section(ExportConfig, args, names))
     print(f"exported to {result.out}")
     if result.gguf is not None:
         print(f"gguf file:  {result.gguf}")
+    if result.adapter is not None:
+        print(f"gguf LoRA adapter: {result.adapter} (llama.cpp: -m {result.gguf.name} --lora {result.adapter.name})")
+    if result.modelfile is not None:
+        name = result.out.name.lower()
+        print(f"Ollama: cd {result.out} && ollama create {name} -f Modelfile && ollama run {name}")
+    report = result.verification
+    if report is not None:
+        print(report.table())
+        if not report.passed:
+            print(f"error: the GGUF does not answer like the run: {'; '.join(report.problems)} "
+                  f"(details in {result.out / 'verify.json'})", file=sys.stderr)
+            return 1
     return 0

@@ -135,12 +135,31 @@ class ChatConfig(DecodingConfig):
     """Longest answer in tokens."""
 
 
+GGUFQuant = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m",
+                    "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k"]
+"""GGUF weight types `tunesmith export --quant` writes (beyond q8_0 through llama.cpp's quantizer)."""
+
+
 class ExportConfig(Section):
-    """`tunesmith export`: a run's model as a plain Hugging Face folder."""
+    """`tunesmith export`: a run's model as a plain Hugging Face folder, and GGUF for llama.cpp/Ollama."""
 
     dtype: Literal["bf16", "fp32"] = "fp32"
     """Precision of the exported weights."""
     merge: bool = False
     """Merge LoRA adapters into the base weights (a standalone model)."""
     gguf: bool = False
-    """Also write a GGUF file for llama.cpp (llama models)."""
+    """Also write a GGUF file for llama.cpp (llama, mistral, qwen2, qwen3, gemma, phi3; a LoRA adapter as a GGUF
+    adapter beside its base)."""
+    quant: GGUFQuant | None = None
+    """GGUF weight type (implies --gguf); default f32, or bf16 with --dtype bf16."""
+    ollama: bool = False
+    """Also write an Ollama Modelfile (template, stop tokens, system prompt) beside the GGUF (implies --gguf)."""
+    verify: int = Field(default=0, ge=0)
+    """Answer this many held-out test prompts through the GGUF in llama.cpp and through the run, and compare their
+    tokens (implies --gguf; 0 = off)."""
+    verify_max_new_tokens: int = Field(default=256, ge=1)
+    """Longest answer --verify generates; every answer must stop before it."""
+
+    @property
+    def writes_gguf(self) -> bool:
+        return self.gguf or self.ollama or self.verify > 0 or self.quant is not None
