@@ -1,8 +1,8 @@
 """Data at scale: prepare records/s and peak RSS, and the peak RSS of the first training steps, at 10k/100k/1M.
 
-Builds synthetic question/answer records of about 100 tokens each (SmolLM2 tokenizer, template qa), prepares each
-size in a fresh process and trains 5 steps on it in another (a two-layer model of the real tokenizer's
-vocabulary: the point is the memory the data costs, not the model). Each child reports its own peak RSS
+Builds synthetic question/answer records of about 100 tokens each (SmolLM2 tokenizer and its chat template),
+prepares each size in a fresh process and trains 5 steps on it in another (a two-layer model of the real
+tokenizer's vocabulary: the point is the memory the data costs, not the model). Each child reports its own peak RSS
 (`ru_maxrss`), so the figures do not mix.
 
 Acceptance (issue 16): training peak RSS at 1M within +10% of 10k; prepare of 1M under 2 GiB peak RSS and at least
@@ -11,6 +11,7 @@ Acceptance (issue 16): training peak RSS at 1M within +10% of 10k; prepare of 1M
     .venv/bin/python bench/data_scale.py                     # 10k, 100k, 1M (about 5 minutes on an idle 2-core box)
     .venv/bin/python bench/data_scale.py --sizes 10000 100000
     .venv/bin/python bench/data_scale.py --steps-only data   # the trainer's data path without the model
+    .venv/bin/python bench/data_scale.py --sizes 1000000 --steps-only data --workers 2   # two tokenizing processes
 """
 
 from __future__ import annotations
@@ -45,22 +46,28 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_prepare(data: str, runs: str, model: str) -> dict:
+def child_prepare(data: str, runs: str, model: str, workers: str, template: str) -> dict:
     from tunesmith.config import load_config
+    from tunesmith.prepare import spool
     from tunesmith.prepare.pipeline import prepare
     from tunesmith.runs import create_run
 
+    spool.SPOOL_WORKERS = int(workers)
+
     config = load_config(None, [f"data.path={data}", f"model.name={model}", f"output.runs_dir={runs}",
-                                "output.name=scale", "template.name=qa", "split.test_size=0.01"])
+                                "output.name=scale", f"template.name={template}", "split.test_size=0.01"])
     start, cpu = time.perf_counter(), time.process_time()
     result = prepare(create_run(config), config.model, config.data, config.template, config.tokenization,
                      config.split)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes (--workers), reaped by now
+    seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu + children.ru_utime + children.ru_stime
     m = result.manifest
     return {"records": m.counts.records, "seconds": round(seconds, 1),
             "records_per_s": round(m.counts.records / seconds),
             "cpu_s": round(cpu, 1), "records_per_cpu_s": round(m.counts.records / cpu),
-            "train_tokens": m.tokens["train"].total, "peak_rss_mib": round(_peak_rss_mib())}
+            "train_tokens": m.tokens["train"].total, "peak_rss_mib": round(_peak_rss_mib()),
+            "worker_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
 
 
 def child_train(runs: str, model: str, mode: str) -> dict:
@@ -117,6 +124,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--steps-only", choices=["train", "data"], default="train",
                         help="train: 5 real steps of the tiny model; data: the trainer's data path alone")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes that render and tokenize in prepare (tunesmith.prepare.spool.SPOOL_WORKERS)")
+    parser.add_argument("--template", default="auto",
+                        help="template.name: auto (the tokenizer's chat template, the default) or qa, alpaca, ...")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -130,7 +141,7 @@ def main() -> None:
         for size in args.sizes:
             data, runs = tmp / f"qa-{size}.jsonl", tmp / f"runs-{size}"
             build_file(data, size)
-            prepared = run_child("prepare", str(data), str(runs), model)
+            prepared = run_child("prepare", str(data), str(runs), model, str(args.workers), args.template)
             trained = run_child("train", str(runs), model, args.steps_only)
             rows.append({"size": size, "prepare": prepared, "train": trained})
             print(f"{size:>9,} records: prepare {prepared['records_per_s']:>7,} records/s "

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from tunesmith.config import (ChatConfig, Config, DataConfig, ExportConfig, FromDocsConfig, GenerateConfig,
-                                  ModelConfig, SelfInstructConfig, ServeConfig, TeacherConfig, TemplateConfig,
-                                  TokenizationConfig)
+                                  JudgeConfig, ModelConfig, SelfInstructConfig, ServeConfig, TeacherConfig,
+                                  TemplateConfig, TokenizationConfig)
     from tunesmith.data.stats import DataInspection
     from tunesmith.datagen.output import DatagenSummary
     from tunesmith.use.chat import ChatSession
@@ -70,24 +70,29 @@ def _prepare(config: Config, on_prepared: Callable[[PrepareResult], None] | None
 
 def evaluate_run(target: str, model: str | None = None, data: str | None = None, limit: int | None = None,
                  mc: str | None = None, max_new_tokens: int | None = None, out: str | None = None,
-                 precision: str | None = None, progress: bool = True) -> dict:
-    """Evaluate a run (base and/or finetuned) or a plain model; returns what `eval/metrics.json` holds.
+                 precision: str | None = None, progress: bool = True, judge_url: str | None = None,
+                 judge_model: str | None = None, benchmarks: list[str] | None = None) -> dict:
+    """Evaluate a run (base and/or finetuned) or a plain model; returns what `eval/metrics.json` holds, plus
+    `benchmarks` (the multiple-choice files of `eval.benchmarks`, or `benchmarks` when given, scored too).
 
     A run folder's results go to `<run>/eval/` (test split), `<run>/eval/data-<stem>/` (`data`) or
     `<run>/eval/mc-<stem>.json` (`mc`); a plain model's only to `out` when given. The models run in `precision`
-    when given, else in the run's `training.precision`.
+    when given, else in the run's `training.precision`. A judge (`judge_url`, else the run's `eval.judge`)
+    grades every answer; its verdicts are cached in `<run>/eval/judge_cache.jsonl` (or under TUNESMITH_HOME).
 
     Raises:
-        RunError: no model or nothing to evaluate on; DataError: an invalid data or multiple-choice file.
+        RunError: no model or nothing to evaluate on; DataError: an invalid data or multiple-choice file;
+        ConfigError: a judge URL that is not one, or an endpoint that lists no model.
     """
     from tunesmith.config import Config
     from tunesmith.evaluate import run as evaluation
-    from tunesmith.runs import is_run_folder, locate_model, open_run
+    from tunesmith.runs import is_run_folder, locate_model, open_run, tunesmith_home
 
     _, info = locate_model(target)
     paths, config = open_run(target) if is_run_folder(target) else (None, Config())
     labels = evaluation.model_labels(model, is_trained=info is not None, compare_base=config.eval.compare_base)
-    overrides = {"limit": limit, "max_new_tokens": max_new_tokens}
+    overrides = {"limit": limit, "max_new_tokens": max_new_tokens, "benchmarks": benchmarks,
+                 "judge": _judge_config(config.eval.judge, judge_url, judge_model)}
     eval_config = config.eval.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     precision = precision or config.training.precision
     if mc is not None:
@@ -97,9 +102,42 @@ def evaluate_run(target: str, model: str | None = None, data: str | None = None,
     out_dir = Path(out) if out else None
     if out_dir is None and paths is not None:
         out_dir = paths.eval_dir if data is None else paths.eval_dir / f"data-{Path(data).stem}"
-    return evaluation.evaluate(target, labels, eval_config, paths=paths, data=data, data_config=config.data,
-                               tokenization=config.tokenization, precision=precision, out_dir=out_dir,
-                               progress=progress)
+    judge_cache = (paths.eval_dir if paths else tunesmith_home()) / "judge_cache.jsonl"
+    with _judge(eval_config.judge) as judge:  # an unreachable judge fails here, before any model is loaded
+        return evaluation.evaluate(target, labels, eval_config, paths=paths, data=data, data_config=config.data,
+                                   tokenization=config.tokenization, precision=precision, out_dir=out_dir,
+                                   judge=judge, judge_cache=judge_cache, progress=progress)
+
+
+def _judge_config(configured: JudgeConfig | None, url: str | None, model: str | None) -> JudgeConfig | None:
+    """The judge of `eval.judge`, with `--judge-url` / `--judge-model` given on the command line taking over.
+
+    Raises:
+        ConfigError: `--judge-model` without any judge URL, or a URL that is not one.
+    """
+    from tunesmith.config import JudgeConfig, validate_section
+    from tunesmith.errors import ConfigError
+
+    if url is None and model is None:
+        return configured
+    if url is None and configured is None:
+        raise ConfigError("--judge-model names the judge's model; give its endpoint with --judge-url URL too")
+    given = {**(configured.model_dump() if configured else {}), **({"url": url} if url else {}),
+             **({"model": model} if model else {})}
+    return validate_section(JudgeConfig, given, "--judge-url")
+
+
+@contextlib.contextmanager
+def _judge(config: JudgeConfig | None):
+    """The judge's client, or None: datagen's HTTP teacher (retries, timeouts, bounded answers) at temperature 0,
+    so the same answer gets the same grade."""
+    if config is None:
+        yield None
+        return
+    from tunesmith.config import TeacherConfig
+
+    with _teacher(TeacherConfig(**config.model_dump(), temperature=0.0)) as judge:
+        yield judge
 
 
 def generate_self_instruct(seeds: str, out: str, teacher: TeacherConfig, options: SelfInstructConfig,
@@ -449,3 +487,48 @@ def export(run: str, out: str, settings: ExportConfig | None = None) -> ExportRe
     from tunesmith.use.export import export_run
 
     return export_run(run, out, settings)
+
+
+def plan_training(config_path: str, overrides: list[str] | None = None, gpus: int = 1, nodes: int = 1,
+                  device_memory: int | None = None, device: str = "cuda"):
+    """`tunesmith plan CONFIG`: memory per device of every way to train the config (full / LoRA / QLoRA x DDP /
+    FSDP, with and without activation checkpointing) on `gpus` x `nodes` devices of `device_memory` bytes, from
+    the model's config alone (no weights are loaded); the data's token lengths (and `max_length: auto`) are
+    measured as `prepare` would, when the data file is there. `device="cpu"` plans processes on this machine (its memory unless given).
+
+    Raises:
+        ConfigError: a bad config, or counts below 1. ModelError: the model's config cannot be read.
+        DataError: `max_length: auto` and the data cannot be read.
+    """
+    from tunesmith.config import load_config
+    from tunesmith.errors import ConfigError
+    from tunesmith.models import context_length, cpu_has_fast_bf16, load_model_config
+    from tunesmith.train.plan import ModelShape, Workload, micro_batch_tokens, plan_memory
+
+    if gpus < 1 or nodes < 1:
+        raise ConfigError(f"--gpus {gpus} --nodes {nodes}: both must be >= 1")
+    config = load_config(config_path, overrides)
+    model_config = load_model_config(config.model)
+    max_length, answer_tokens, lengths = config.tokenization.max_length, None, []
+    data_path = config.data.path or (config.data.sources[0].path if config.data.sources else None)
+    if data_path and Path(data_path).exists():
+        inspected = inspect_data(data_path, config.data, config.model, config.template, config.tokenization)
+        max_length, lengths = inspected.stats.truncation.max_length, inspected.total_lengths
+        answer_tokens = min(inspected.stats.lengths["response"].p99, max_length)
+    elif max_length == "auto":
+        max_length = context_length(model_config)
+    max_length = min(int(max_length), context_length(model_config))
+    if config.tokenization.train_on == "all" or answer_tokens is None:
+        answer_tokens = max_length
+    precision = config.training.precision
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" or cpu_has_fast_bf16() else "fp32"
+    if device_memory is None:
+        device_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device == "cpu" else 80 * 2 ** 30
+    training = config.training
+    work = Workload(batch_size=training.batch_size, max_length=max_length, answer_tokens=answer_tokens,
+                    precision=precision, device=device, lora_r=training.lora_r,
+                    lora_target_modules=training.lora_target_modules, optimizer=training.optimizer,
+                    accumulation_steps=training.gradient_accumulation_steps,
+                    micro_batch_tokens=micro_batch_tokens(lengths, training.batch_size, max_length))
+    return plan_memory(ModelShape.from_config(model_config), work, device_memory, gpus * nodes)

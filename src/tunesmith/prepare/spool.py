@@ -11,7 +11,9 @@ memory-mapped: the truncation window of every example and the loss it keeps, and
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -20,13 +22,19 @@ import numpy as np
 from tunesmith.config import TemplateConfig, TokenizationConfig
 from tunesmith.data import Record, record_from_dict, record_to_dict
 from tunesmith.data.lengths import kept_window
+from tunesmith.errors import TunesmithError
 from tunesmith.prepare.split import group_key
-from tunesmith.prepare.tokenization import IGNORE_INDEX, full_example, tokenize_records
+from tunesmith.prepare.tokenization import IGNORE_INDEX, MaskingStrategy, TokenizedRecord, tokenize_records
 
 __all__ = ["Spool", "SpoolReader", "Windows", "iter_records", "windows", "write_spool", "write_split"]
 
 SPOOL_RECORDS = 4096
 """Records rendered, tokenized and written at a time; also the rows read back at a time."""
+
+SPOOL_WORKERS = 1
+"""Processes that render and tokenize (forked; 1: this process). Two wrote the same file but were measured no faster
+on the shared, loaded 2-core machine (18% more CPU for pickling the chunks); `bench/data_scale.py --workers 2`
+measures them on a quiet one."""
 
 
 def _schema():
@@ -121,9 +129,85 @@ def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
+def _full_columns(tokenized: list[TokenizedRecord], tokenization: TokenizationConfig):
+    """The `input_ids` and `labels` columns of a chunk (each record's `full_example`), built as flat arrays: a
+    list of Python lists per record costs more than the tokenizer's batch encode of them.
+
+    pieces ((5, 6), (7, 2)), trainable (False, True), train_on=responses -> [[5, 6, 7, 2]], [[-100, -100, 7, 2]]
+    """
+    import pyarrow as pa
+
+    train_all = MaskingStrategy(tokenization.train_on) is MaskingStrategy.ALL
+    pieces = [piece for t in tokenized for piece in t.pieces]
+    lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+    ids = np.fromiter(chain.from_iterable(pieces), dtype=np.int32, count=int(lengths.sum()))
+    trained = np.fromiter((train_all or flag for t in tokenized for flag in t.trainable), dtype=bool,
+                          count=len(pieces))
+    labels = np.where(np.repeat(trained, lengths), ids, np.int32(IGNORE_INDEX)).astype(np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum([t.total_tokens for t in tokenized])]).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(ids)), pa.ListArray.from_arrays(offsets, pa.array(labels))
+
+
+def _spool_batch(chunk: list[Record], tokenizer, template: TemplateConfig, tokenization: TokenizationConfig,
+                 seed: int) -> tuple:
+    """One chunk's record batch of the spool file, and its prompt/response lengths, answer starts and split keys."""
+    import pyarrow as pa
+
+    tokenized = tokenize_records(chunk, tokenizer, template)
+    batch = pa.record_batch([*_full_columns(tokenized, tokenization),
+                             pa.array([json.dumps(record_to_dict(r), ensure_ascii=False) for r in chunk])],
+                            schema=_schema())
+    return (batch, np.array([t.prompt_tokens for t in tokenized], dtype=np.int64),
+            np.array([t.response_tokens for t in tokenized], dtype=np.int64),
+            np.array([t.answer_start for t in tokenized], dtype=np.int64),
+            np.array([group_key(r, seed) for r in chunk], dtype="S32"))
+
+
+_worker_settings: tuple = ()
+"""(tokenizer, template, tokenization, seed) in a worker process, inherited when it forks."""
+
+
+def _set_worker(*settings) -> None:
+    global _worker_settings
+    _worker_settings = settings
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the workers are the parallelism, one core each
+
+
+def _worker_batch(chunk: list[Record]) -> tuple | None:
+    """`_spool_batch` in a worker; None when a record cannot be rendered, so the parent redoes the chunk itself
+    and raises the very error a single process would (typed errors do not all survive pickling)."""
+    try:
+        return _spool_batch(chunk, *_worker_settings)
+    except TunesmithError:
+        return None
+
+
+def _batches(chunks: Iterator[list[Record]], settings: tuple, workers: int) -> Iterator[tuple]:
+    """`_spool_batch` of each chunk, in order: in this process, or in `workers` forked ones with a few chunks in
+    flight each (never the whole stream queued), the results taken in submission order so the file is the same."""
+    if workers <= 1:
+        yield from (_spool_batch(chunk, *settings) for chunk in chunks)
+        return
+    import multiprocessing
+    from collections import deque
+
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_set_worker, initargs=settings) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.apply_async(_worker_batch, (chunk,))))
+            if len(pending) >= 2 * workers:
+                done, result = pending.popleft()
+                yield result.get() or _spool_batch(done, *settings)
+        while pending:
+            done, result = pending.popleft()
+            yield result.get() or _spool_batch(done, *settings)
+
+
 def write_spool(path: Path, streams: Iterable[tuple[int, bool, Iterator[Record]]], tokenizer,
-                template: TemplateConfig, tokenization: TokenizationConfig, seed: int, progress=None) -> Spool:
-    """Tokenize every record of `streams` ((source index, from a test file, records)) into the Arrow file `path`.
+                template: TemplateConfig, tokenization: TokenizationConfig, seed: int, progress=None,
+                workers: int | None = None) -> Spool:
+    """Tokenize every record of `streams` ((source index, from a test file, records)) into the Arrow file `path`,
+    in `workers` processes (default `SPOOL_WORKERS`); the file is the same for any number of them.
 
     Raises:
         ConfigError, DataError: a record the template cannot render.
@@ -131,26 +215,28 @@ def write_spool(path: Path, streams: Iterable[tuple[int, bool, Iterator[Record]]
     import pyarrow as pa
 
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("source", "test", "prompt", "response", "answer", "keys")}
-    list_type = pa.list_(pa.int32())
     batch_rows: list[int] = []
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _schema()) as writer:
+    origins: list[tuple[int, bool]] = []
+
+    def chunks() -> Iterator[list[Record]]:
         for source, from_test_file, records in streams:
             for chunk in _chunks(records, SPOOL_RECORDS):
-                tokenized = tokenize_records(chunk, tokenizer, template)
-                full = [full_example(t, tokenization) for t in tokenized]
-                writer.write_batch(pa.record_batch([
-                    pa.array([ids for ids, _ in full], type=list_type),
-                    pa.array([labels for _, labels in full], type=list_type),
-                    pa.array([json.dumps(record_to_dict(r), ensure_ascii=False) for r in chunk])], schema=_schema()))
-                batch_rows.append(len(chunk))
-                columns["source"].append(np.full(len(chunk), source, dtype=np.int32))
-                columns["test"].append(np.full(len(chunk), from_test_file))
-                columns["prompt"].append(np.array([t.prompt_tokens for t in tokenized], dtype=np.int64))
-                columns["response"].append(np.array([t.response_tokens for t in tokenized], dtype=np.int64))
-                columns["answer"].append(np.array([t.answer_start for t in tokenized], dtype=np.int64))
-                columns["keys"].append(np.array([group_key(r, seed) for r in chunk], dtype="S32"))
-                if progress is not None:
-                    progress.update(len(chunk))
+                origins.append((source, from_test_file))
+                yield chunk
+
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _schema()) as writer:
+        settings = (tokenizer, template, tokenization, seed)
+        workers = SPOOL_WORKERS if workers is None else workers
+        for index, (batch, prompt, response, answer, keys) in enumerate(_batches(chunks(), settings, workers)):
+            source, from_test_file = origins[index]
+            writer.write_batch(batch)
+            batch_rows.append(batch.num_rows)
+            columns["source"].append(np.full(batch.num_rows, source, dtype=np.int32))
+            columns["test"].append(np.full(batch.num_rows, from_test_file))
+            for key, values in (("prompt", prompt), ("response", response), ("answer", answer), ("keys", keys)):
+                columns[key].append(values)
+            if progress is not None:
+                progress.update(batch.num_rows)
     joined = {k: np.concatenate(v) if v else np.zeros(0, dtype="S32" if k == "keys" else np.int64)
               for k, v in columns.items()}
     return Spool(path, joined["source"], joined["test"].astype(bool), joined["prompt"], joined["response"],

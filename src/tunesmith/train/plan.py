@@ -130,9 +130,30 @@ def lora_params(shape: ModelShape, rank: int, targets: list[str] | str) -> int:
     >>> lora_params(ModelShape(64, 128, 2, 4, 2, 16, 1000, True), 8, ["q_proj"])
     2048
     """
-    names = ADAPTABLE if targets == "all-linear" else [t for t in ADAPTABLE if any(
+    return shape.num_layers * sum(rank * sum(shape.linear_shapes()[n]) for n in adapted_layers(targets))
+
+
+def adapted_layers(targets: list[str] | str) -> list[str]:
+    """The linear layers of a decoder layer that `lora_target_modules` adapts.
+
+    >>> adapted_layers(["q_proj", "v_proj"]), len(adapted_layers("all-linear"))
+    (['q_proj', 'v_proj'], 7)
+    """
+    return list(ADAPTABLE) if targets == "all-linear" else [t for t in ADAPTABLE if any(
         t == name or t.endswith(f".{name}") or re.fullmatch(name, t) for name in targets)]
-    return shape.num_layers * sum(rank * sum(shape.linear_shapes()[n]) for n in names)
+
+
+def lora_heap_holes(shape: ModelShape, work: Workload) -> int:
+    """What glibc's heap keeps of LoRA's freed temporaries on a CPU: each adapted layer's base output, freed at
+    once when PEFT adds the update, is left as a hole between the saved activations that the rest of the
+    forward cannot reuse, one output-sized fp32 block per adapted layer and token (in the compute dtype).
+
+    Measured (bench/README.md, `tunesmith plan`): 135M LoRA, demo config, peak RSS 2.40 GiB against 2.00 GiB of
+    live tensors; with glibc told to return blocks of 1 MB and up (MALLOC_MMAP_THRESHOLD_=1048576) 2.09 GiB.
+    Under FSDP on a CPU tunesmith sets that threshold itself (sharding.py), so there are no such holes.
+    """
+    outputs = sum(shape.linear_shapes()[n][1] for n in adapted_layers(work.lora_target_modules))
+    return work.compute_bytes * work.tokens * outputs * shape.num_layers
 
 
 @dataclass(frozen=True)
@@ -271,6 +292,8 @@ def estimate(shape: ModelShape, work: Workload, setup: Setup) -> Estimate:
     optimizer = states / n if fsdp else states
 
     activations = activation_estimate(shape, work, setup)
+    if method != "full" and on_cpu and not fsdp and not setup.checkpointing:
+        activations += lora_heap_holes(shape, work)
     return Estimate(setup, int(weights), int(gradients), int(optimizer), int(activations),
                     RUNTIME_BYTES[work.device], int(transient))
 
