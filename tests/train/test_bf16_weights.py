@@ -103,7 +103,8 @@ def test_frozen_base_in_bf16_keeps_outputs_and_is_restored_exactly_from_the_mode
     assert torch.equal(base.lm_head.weight, original.lm_head.weight)
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+# the LoRA variant (~12 s) is slow: the full one exercises the same copies, and LoRA's frozen base is tested above
+@pytest.mark.parametrize("method", ["full", pytest.param("lora", marks=pytest.mark.slow)])
 def test_bf16_training_with_working_weights_matches_plain_autocast_step_for_step(make_run, monkeypatch, method):
     import tunesmith.train.model as train_module  # where the trainer makes its bf16 weights
 

@@ -93,6 +93,8 @@ def test_a_process_without_test_examples_only_reduces_the_two_sums():
     assert model.training  # back to training mode
 
 
+# slow: two gloo processes (~12 s); the single-process reduction test above runs by default
+@pytest.mark.slow
 def test_two_gloo_processes_and_one_test_example_agree_on_the_test_loss(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)

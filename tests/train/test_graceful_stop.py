@@ -93,6 +93,8 @@ SLOW_CHILD = textwrap.dedent("""
 """)
 
 
+# slow: a real `tunesmith train` process (~20 s); the in-process signal test above covers the same path
+@pytest.mark.slow
 def test_sigterm_to_tunesmith_train_stops_it_cleanly_and_resume_finishes_it(tmp_path, tiny_model_dir):
     from tunesmith import api
     from tunesmith.runs import RunPaths

@@ -99,6 +99,8 @@ def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch, tmp_path)
                       "-m", "tunesmith", "train", str(config_file), "--set", "training.seed=7", "--resume"]]
 
 
+# slow: two gloo processes in bf16 (~15 s); the fp32 two-process test above runs by default
+@pytest.mark.slow
 def test_two_processes_train_lora_in_bf16_with_the_base_stored_in_bf16(tmp_path, tiny_model_dir):
     """The frozen base is converted to bf16 in every process (bf16_weights.frozen_to_bf16) before DDP wraps the
     model; the processes must still agree on every weight, and the saved base must be back in fp32."""

@@ -212,6 +212,8 @@ def test_trackio_holds_the_metrics_and_config(monkeypatch, tmp_path, tracked):
     assert SQLiteStorage.get_run_config("tunesmith", "run")["training.max_steps"] == 4
 
 
+# slow: two gloo processes (~15 s)
+@pytest.mark.slow
 @requires("mlflow")
 def test_only_the_main_process_logs(monkeypatch, tmp_path, tiny_model_dir):
     import os

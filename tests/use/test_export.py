@@ -132,6 +132,8 @@ def test_not_a_run(tiny_model_dir, tmp_path):
 
 
 class TestGGUF:
+    # slow: transformers converts the GGUF's 49k-token vocabulary in Python (~25 s)
+    @pytest.mark.slow
     def test_gguf_loads_back_with_the_same_weights_and_tokenizer(self, lora_run, tmp_path):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
