@@ -11,8 +11,8 @@ Pure functions of figures the loop hands in, and one small timer whose clock can
 - The first step after a (re)start is left out of the measure: it pays for allocation and warm caches.
 - A step's time is predicted per token (steps differ in length with packing), from the tokens an average step
   holds.
-- A test-loss evaluation is a forward pass only, about a third of a training step's work per token
-  (`EVAL_COST_SHARE`); its cost is predicted from the test tokens.
+- A test-loss evaluation is timed once, at the end of the probe (its best copy written too), and every
+  evaluation to come is counted at that cost; `EVAL_COST_SHARE` predicts it when no measure is given.
 - The decision is kept in the checkpoint (`TrainState.budget_steps`), so a resume with the same budget takes the
   steps still planned; with another budget the resumed run measures again and fits the steps to what is left.
 """
@@ -90,19 +90,21 @@ def evaluations_between(done_steps: int, total_steps: int, eval_every: int | Non
 
 
 def decide_steps(budget_s: float, elapsed_s: float, done_steps: int, s_per_token: float, tokens_per_step: float,
-                 test_tokens: int, eval_every: int | None, epoch_steps: int, measured_steps: int) -> BudgetDecision:
+                 test_tokens: int, eval_every: int | None, epoch_steps: int, measured_steps: int,
+                 measured_eval_s: float | None = None) -> BudgetDecision:
     """The run's total steps so that the time so far, the steps still to take and their evaluations end at
     `budget_s`.
 
     `s_per_token` is the timed training seconds per token, `tokens_per_step` an average step's tokens (all
-    processes), `test_tokens` those of the test split (0 without one).
+    processes), `test_tokens` those of the test split (0 without one), `measured_eval_s` the seconds one
+    evaluation took (the probe's), else predicted from the test tokens.
 
     >>> d = decide_steps(100.0, 10.0, 4, 0.01, 100.0, 0, None, 50, 3)
     >>> d.total_steps, d.fits
     (94, True)
     """
     step_s = s_per_token * tokens_per_step
-    eval_s = s_per_token * EVAL_COST_SHARE * test_tokens
+    eval_s = s_per_token * EVAL_COST_SHARE * test_tokens if measured_eval_s is None else measured_eval_s
     left_s = budget_s - elapsed_s
 
     def cost(total: int) -> float:
