@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -47,6 +48,7 @@ def _peak_rss_mib() -> float:
 
 
 def child_prepare(data: str, runs: str, model: str, workers: str, template: str) -> dict:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # as `tunesmith data prepare` runs (the CLI's quiet_libraries)
     from tunesmith.config import load_config
     from tunesmith.prepare import spool
     from tunesmith.prepare.pipeline import prepare
@@ -144,7 +146,8 @@ def main() -> None:
             prepared = run_child("prepare", str(data), str(runs), model, str(args.workers), args.template)
             trained = run_child("train", str(runs), model, args.steps_only)
             rows.append({"size": size, "prepare": prepared, "train": trained})
-            print(f"{size:>9,} records: prepare {prepared['records_per_s']:>7,} records/s "
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"{size:>9,} records (load {load}): prepare {prepared['records_per_s']:>7,} records/s "
                   f"({prepared['seconds']} s wall, {prepared['cpu_s']} s CPU = {prepared['records_per_cpu_s']:,} "
                   f"records per CPU-second, {prepared['train_tokens']:,} train tokens), "
                   f"prepare peak RSS {prepared['peak_rss_mib']:,} MiB; "

@@ -138,3 +138,16 @@ def test_compute_stats_needs_one_length_per_record():
     with pytest.raises(ValueError):
         compute_stats([qa(1, "a")], [])
 
+
+
+def test_tool_use_is_counted():
+    from tunesmith.data.records import ToolCall
+
+    calls = (ToolCall("c1", "weather", '{"city": "Oslo"}'), ToolCall("c2", "time", "{}"))
+    turns = (Message("user", "Oslo?"), Message("assistant", "", calls), Message("tool", "21 C", tool_call_id="c1"),
+             Message("tool", "noon", tool_call_id="c2"), Message("assistant", "21 C at noon."))
+    records = [Record("f", 1, "messages", messages=turns, tools=({"type": "function"},)),
+               Record("f", 2, "qa", prompt="2+2?", response="4")]
+    found = compute_stats(records, [(5, 2), (3, 1)]).tool_use
+    assert (found.records_with_tools, found.records_with_calls, found.call_turns, found.calls, found.tool_turns) == \
+        (1, 1, 1, 2, 2)

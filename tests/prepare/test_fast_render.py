@@ -2,6 +2,7 @@
 and falls back to Jinja where it could not; the spool's flat columns equal `full_example`."""
 
 import json
+import os
 import random
 import shutil
 
@@ -13,9 +14,9 @@ from tunesmith.config import TemplateConfig, TokenizationConfig, load_config
 from tunesmith.data import Message, Record
 from tunesmith.prepare import spool, templates
 from tunesmith.prepare.pipeline import prepare
-from tunesmith.prepare.spool import _full_columns
-from tunesmith.prepare.templates import _chat_messages, _rendered_segments, render_segments
-from tunesmith.prepare.tokenization import TokenizedRecord, full_example
+from tunesmith.prepare.spool import _flat_columns, _flat_pieces
+from tunesmith.prepare.templates import Segment, _chat_messages, _rendered_segments, render_segments
+from tunesmith.prepare.tokenization import TokenizedRecord, full_example, group_pieces, tokenize_records
 from tunesmith.runs import create_run
 
 RECORDS = [
@@ -86,6 +87,8 @@ def test_a_difference_on_a_verified_record_switches_the_form_to_jinja(tokenizer,
 
 @pytest.mark.parametrize("train_on", ["responses", "all"])
 def test_spool_columns_equal_full_example(train_on):
+    """The flat columns and lengths equal `full_example` and the `TokenizedRecord` properties record by record
+    (empty pieces, records without a trainable piece, several trainable pieces)."""
     rng = random.Random(0)
     tokenized = []
     for _ in range(200):
@@ -94,11 +97,57 @@ def test_spool_columns_equal_full_example(train_on):
             tuple(tuple(rng.randrange(49152) for _ in range(rng.randrange(6))) for _ in range(count)),
             tuple(rng.random() < 0.5 for _ in range(count))))
     tokenization = TokenizationConfig(train_on=train_on)
-    ids, labels = _full_columns(tokenized, tokenization)
+    ids, labels, prompt, response, answer = _flat_columns(
+        [list(p) for t in tokenized for p in t.pieces], [f for t in tokenized for f in t.trainable],
+        [len(t.pieces) for t in tokenized], tokenization)
     full = [full_example(t, tokenization) for t in tokenized]
     assert ids.type == labels.type == pa.list_(pa.int32())
     assert ids.to_pylist() == [i for i, _ in full]
     assert labels.to_pylist() == [lab for _, lab in full]
+    assert prompt.tolist() == [t.prompt_tokens for t in tokenized]
+    assert response.tolist() == [t.response_tokens for t in tokenized]
+    assert answer.tolist() == [t.answer_start for t in tokenized]
+
+
+@pytest.mark.parametrize("prefix", [(), (1,)])
+def test_flat_pieces_put_the_prefix_where_group_pieces_does(prefix):
+    rendered = [[Segment("a", False), Segment("b", True)], [Segment("c", True)], [Segment("d", False)]]
+    ids = [[1, 5], [6], [7, 8], [1]]  # the first record starts with the prefix already, the last is the prefix
+    pieces, trainable, counts = _flat_pieces(rendered, ids, prefix)
+    grouped = group_pieces(rendered, ids, prefix)
+    assert counts == [len(t.pieces) for t in grouped]
+    assert [tuple(p) for p in pieces] == [p for t in grouped for p in t.pieces]
+    assert trainable == [f for t in grouped for f in t.trainable]
+
+
+def test_the_overlapped_spool_equals_tokenize_records(tmp_path, tokenizer, monkeypatch):
+    """Chunks encoded in a thread while the next is rendered: the same ids, labels and lengths as
+    `tokenize_records` record by record, in order, and the parallelism setting is as it was afterwards."""
+    monkeypatch.setattr(spool, "SPOOL_RECORDS", 3)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    template, tokenization = TemplateConfig(name="chat"), TokenizationConfig()
+    records = RECORDS * 2
+    written = spool.write_spool(tmp_path / "spool.arrow", [(0, False, iter(records))], tokenizer, template,
+                                tokenization, seed=0, workers=1)
+    expected = tokenize_records(records, tokenizer, template)
+    table = pa.ipc.open_file(str(tmp_path / "spool.arrow")).read_all()
+    assert table.column("input_ids").to_pylist() == [full_example(t, tokenization)[0] for t in expected]
+    assert table.column("labels").to_pylist() == [full_example(t, tokenization)[1] for t in expected]
+    assert written.prompt_tokens.tolist() == [t.prompt_tokens for t in expected]
+    assert written.answer_start.tolist() == [t.answer_start for t in expected]
+    assert written.batch_rows == [3] * (len(records) // 3) + ([len(records) % 3] if len(records) % 3 else [])
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+
+
+def test_tokenizer_threads_are_on_inside_and_as_they_were_after(monkeypatch):
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    with spool.tokenizer_threads():
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    assert "TOKENIZERS_PARALLELISM" not in os.environ
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    with pytest.raises(KeyError), spool.tokenizer_threads():
+        raise KeyError
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
 
 
 def _prepared_files(root) -> dict:

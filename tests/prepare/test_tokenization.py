@@ -6,6 +6,7 @@ import pytest
 
 from tunesmith.config import TemplateConfig, TokenizationConfig
 from tunesmith.data import Message, Record
+from tunesmith.prepare import tokenization
 from tunesmith.prepare.tokenization import IGNORE_INDEX, encode_prompt, encode_record, measure_lengths, resolve_max_length
 
 QA = TemplateConfig(name="qa")
@@ -174,3 +175,34 @@ class TestMaxLengthCap:
         again = prepare(create_run(config), config.model, config.data, config.template, config.tokenization,
                         config.split)
         assert again.reused and any("capped at 2048" in line for line in again.summary_lines())
+
+
+TRICKY_TEXTS = ["", "<|im_end|>", "<|im_start|><|im_end|>", "<|im_start|>user\nHi<|im_end|>\n", " <|im_end|> x ",
+                "\n\n<|im_start|>assistant\n  spaced  <|im_end|>", "<|im_end|>\n", "no special tokens at all",
+                "ünï ✓ 水壶<|endoftext|>tail", "<|im_start|>system\nSame<|im_end|>",
+                "<|im_start|>system\nSame<|im_end|>", "<|im_end|<|im_end|>>", "a<|im_start|>"]
+
+
+def test_encoding_between_special_tokens_gives_the_whole_texts_ids(tokenizer, monkeypatch):
+    """Trusted from the first text (no comparison): the parts between special tokens, each distinct one encoded
+    once, put together are the ids of the whole text, edge whitespace, adjacent and repeated tokens included."""
+    monkeypatch.setattr(tokenization, "_piece_splits", tokenization.weakref.WeakKeyDictionary())
+    monkeypatch.setattr(tokenization, "VERIFIED_TEXTS", 0)
+    whole = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(TRICKY_TEXTS, add_special_tokens=False)]
+    assert tokenization.encode_texts(tokenizer, TRICKY_TEXTS) == whole
+    assert tokenization._piece_splits[tokenizer].split is not None  # the texts were encoded by parts
+
+
+def test_a_tokenizer_that_encodes_a_texts_start_differently_is_encoded_whole(monkeypatch):
+    """Metaspace with `prepend_scheme: first` marks only the text's first word: its parts would not add up, so the
+    comparison on the first texts turns the parts off for this tokenizer."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "▁a": 1, "a": 2, "▁b": 3, "<e>": 4}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.add_special_tokens([AddedToken("<e>", special=True, normalized=False)])
+    metaspace = PreTrainedTokenizerFast(tokenizer_object=backend)
+    assert tokenization.encode_texts(metaspace, ["a<e>a b", "a b"]) == [[1, 4, 2, 3], [1, 3]]
+    assert tokenization._piece_splits[metaspace].split is None
+    assert tokenization.encode_texts(metaspace, ["b<e>a"]) == [[3, 4, 2]]

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Iterator
 
 from tunesmith.data.lengths import kept_window
-from tunesmith.data.records import Record, prompt_key
+from tunesmith.data.records import Record, has_tool_calls, prompt_key
 from tunesmith.data.strip import (BOS, EOS, IM_END, IM_START, INST_CLOSE, INST_OPEN, SECTION_NAMES, SYS_OPEN,
                                   Stripped, section)
 from tunesmith.data.validate import ProblemGroup
@@ -101,6 +101,42 @@ class BakedTemplates:
 
 
 @dataclass
+class ToolUse:
+    """How much of a dataset is tool calling (OpenAI's `tools`, `tool_calls` and `tool` turns)."""
+
+    records_with_tools: int = 0
+    """Records that offer the assistant functions to call."""
+    records_with_calls: int = 0
+    """Records with at least one assistant turn that calls a tool."""
+    call_turns: int = 0
+    """Assistant turns that call tools (one turn may make several calls)."""
+    calls: int = 0
+    tool_turns: int = 0
+    """`tool` turns: a call's result."""
+
+    def add(self, record: Record) -> None:
+        """Count one record in (records without tool calls change nothing: `has_tool_calls` finds the others)."""
+        call_turns = sum(1 for m in record.messages if m.tool_calls)
+        self.records_with_tools += bool(record.tools)
+        self.records_with_calls += call_turns > 0
+        self.call_turns += call_turns
+        self.calls += sum(len(m.tool_calls) for m in record.messages)
+        self.tool_turns += sum(1 for m in record.messages if m.role == "tool")
+
+
+def tool_use(records: Iterable[Record]) -> ToolUse:
+    """`ToolUse` of some records.
+
+    >>> tool_use([Record("f", 1, "qa", prompt="2+2?", response="4")])
+    ToolUse(records_with_tools=0, records_with_calls=0, call_turns=0, calls=0, tool_turns=0)
+    """
+    found = ToolUse()
+    for record in records:
+        found.add(record)
+    return found
+
+
+@dataclass
 class DataStats:
     """Everything `tunesmith data inspect` reports about a dataset; `to_dict()` is its JSON form."""
 
@@ -111,6 +147,7 @@ class DataStats:
     truncation: Truncation | None
     duplicates: Duplicates
     baked_templates: BakedTemplates
+    tool_use: ToolUse = field(default_factory=ToolUse)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -320,7 +357,22 @@ def _texts_by_field(record: Record) -> list[tuple[str, str]]:
             ("response", record.response)]
 
 
-def baked_templates(records: list[Record]) -> BakedTemplates:
+def has_marker(text: str) -> bool:
+    """Whether a text holds any of the `TEMPLATE_MARKERS` (one search for all of them).
+
+    >>> has_marker("### Question: 2+2?"), has_marker("What does ### mean?")
+    (True, False)
+    """
+    return _ANY_MARKER.search(text) is not None
+
+
+def is_marked(record: Record) -> bool:
+    """Whether any text of a record holds a template marker: the records `baked_templates` would count are among
+    these, so a caller that knows them (prepare flags each record as it tokenizes) passes only those."""
+    return any(has_marker(text) for _, text in _texts_by_field(record))
+
+
+def baked_templates(records: Iterable[Record]) -> BakedTemplates:
     """Records whose text already holds template markers such as `### Instruction:` or `<|im_start|>`.
 
     >>> baked_templates([Record("f", 1, "qa", prompt="### Question: 2+2?", response="4")]).examples
@@ -332,7 +384,7 @@ def baked_templates(records: list[Record]) -> BakedTemplates:
     for record in records:
         found = False
         for field_name, text in _texts_by_field(record):
-            if not _ANY_MARKER.search(text):
+            if not has_marker(text):
                 continue
             for name, pattern in TEMPLATE_MARKERS.items():
                 match = pattern.search(text)
@@ -355,7 +407,7 @@ def compute_stats(records: Iterable[Record], lengths: list[tuple[int, int]], max
     Raises:
         ValueError: `lengths` does not have one entry per record (a programming error, not a user one).
     """
-    shapes, kinds, scanned = Counter(), Counter(), []
+    shapes, kinds, scanned, tools = Counter(), Counter(), [], ToolUse()
 
     def counted() -> Iterator[Record]:
         for record in records:
@@ -363,27 +415,40 @@ def compute_stats(records: Iterable[Record], lengths: list[tuple[int, int]], max
             kinds[record.kind] += 1
             if len(scanned) < DUPLICATES_SCANNED:
                 scanned.append(record)
+            if has_tool_calls(record):
+                tools.add(record)
             yield record
 
     baked = baked_templates(counted())
     count = sum(shapes.values())
     if len(lengths) != count:
         raise ValueError(f"{len(lengths)} lengths for {count} records")
+    return stats_from_parts(dict(shapes), dict(kinds), lengths, scanned, baked, tools, max_length, truncation_side)
+
+
+def stats_from_parts(shapes: dict[str, int], kinds: dict[str, int], lengths: list[tuple[int, int]],
+                     scanned: list[Record], baked: BakedTemplates, tools: ToolUse, max_length: int | None = None,
+                     truncation_side: str = "left") -> DataStats:
+    """`compute_stats` from what it counts on the way: records per shape and kind (in the order first seen), the
+    lengths, the first `DUPLICATES_SCANNED` records, `baked_templates` and `tool_use` of them all. A caller that
+    holds these without the records (prepare keeps a few numbers per record) reads back only the records it needs."""
+    count = len(lengths)
     return DataStats(
         num_records=count,
-        shapes=dict(shapes),
-        kinds=dict(kinds),
+        shapes=shapes,
+        kinds=kinds,
         lengths={"prompt": summarize([p for p, _ in lengths]), "response": summarize([r for _, r in lengths]),
                  "total": summarize([p + r for p, r in lengths])},
         truncation=truncation(lengths, max_length, truncation_side) if max_length else None,
         duplicates=replace(duplicates(scanned), records_scanned=len(scanned) if count > len(scanned) else None),
-        baked_templates=baked)
+        baked_templates=baked, tool_use=tools)
 
 
 def overlap(train_records: Iterable[Record], test_records: list[Record]) -> Overlap:
     """Test records whose prompt (or whole example) also occurs in training: their scores would flatter.
 
-    The training records are read once (a stream will do); only the test side is held.
+    The training records are read once (a stream will do); only the test side is held. Training records whose
+    prompt no test record has change nothing, so a caller may pass only the others (prepare does, by split key).
 
     >>> a, b = Record("t", 1, "qa", prompt="Q", response="A"), Record("s", 1, "qa", prompt="Q", response="B")
     >>> overlap([a], [b])

@@ -58,13 +58,24 @@ class EvalSet:
 
 
 def reference_of(record) -> str:
-    """The answer a record expects: its response, or a conversation's last assistant message.
+    """The answer a record expects: its response, or a conversation's last assistant message; when that message
+    calls tools, its text and then each call as the `<tool_call>` block the shipped tool template writes (what
+    `tunesmith.data.tools.parse_tool_calls` reads back), so a test record ending in a call is scored against it.
 
     Record(prompt="2+2?", response="4") -> "4"
+    assistant calling weather({"city": "Oslo"})
+    -> '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
     """
-    if record.kind == "chat":
-        return record.messages[-1].content if record.messages[-1].role == "assistant" else ""
-    return record.response
+    if record.kind != "chat":
+        return record.response
+    last = record.messages[-1]
+    if last.role != "assistant":
+        return ""
+    import json
+
+    calls = [f'<tool_call>\n{{"name": {json.dumps(c.name)}, "arguments": {c.arguments}}}\n</tool_call>'
+             for c in last.tool_calls]
+    return "\n".join([last.content, *calls] if last.content else calls)
 
 
 def question_of(record) -> str:

@@ -460,14 +460,29 @@ def _save(paths: RunPaths, table, cuts, chosen: Assignment, manifest: Manifest) 
 def data_statistics(spool: Spool, table, chosen: Assignment, sources: list[SourceConfig],
                     tokenization: TokenizationConfig, max_length: int) -> dict:
     """What `data inspect` would say about the run's data (every valid record: training side, then test side),
-    plus train/test overlap and each source's lengths, for the report."""
-    from tunesmith.data.stats import compute_stats, overlap, summarize
+    plus train/test overlap and each source's lengths, for the report.
 
-    order = np.concatenate([np.flatnonzero(~chosen.is_test), np.flatnonzero(chosen.is_test)])
+    Exactly `compute_stats` and `overlap` over those records, reading back from the spool only the records that
+    can change a figure (at a million records, a few percent of them): the numbers kept per row give the counts
+    and lengths; the first `DUPLICATES_SCANNED` records are the duplicate scan; only the rows flagged as holding a
+    template marker can count as baked, only those using tools in the tool counts; only training rows whose split
+    key (a hash of the prompt) a test row shares can overlap.
+    """
+    from tunesmith.data.stats import (DUPLICATES_SCANNED, baked_templates, overlap, stats_from_parts, summarize,
+                                      tool_use)
+
+    train_rows, test_rows = np.flatnonzero(~chosen.is_test), np.flatnonzero(chosen.is_test)
+    order = np.concatenate([train_rows, test_rows])
     lengths = list(zip(spool.prompt_tokens[order].tolist(), spool.response_tokens[order].tolist()))
-    stats = compute_stats(iter_records(table, order), lengths, max_length, tokenization.truncation_side).to_dict()
-    test = list(iter_records(table, np.flatnonzero(chosen.is_test)))
-    found = overlap(iter_records(table, np.flatnonzero(~chosen.is_test)), test)
+    shapes, kinds = _profile_counts(spool, order)
+    uses_tools = np.array([tools for _, _, tools in spool.profiles], dtype=bool).reshape(-1)[spool.profile[order]]
+    stats = stats_from_parts(shapes, kinds, lengths, list(iter_records(table, order[:DUPLICATES_SCANNED])),
+                             baked_templates(iter_records(table, order[spool.marked[order]])),
+                             tool_use(iter_records(table, order[uses_tools])), max_length,
+                             tokenization.truncation_side).to_dict()
+    test = list(iter_records(table, test_rows))
+    candidates = train_rows[np.isin(spool.keys[train_rows], spool.keys[test_rows])]
+    found = overlap(iter_records(table, candidates), test)
     per_source = [{"path": source.path, "records": int(np.count_nonzero(spool.source == i)),
                    "train": counts["train"], "test": counts["test"],
                    "lengths": {name: asdict(summarize(values[spool.source == i].tolist())) for name, values in
@@ -475,6 +490,19 @@ def data_statistics(spool: Spool, table, chosen: Assignment, sources: list[Sourc
                                 ("total", spool.totals))}}
                   for i, (source, counts) in enumerate(zip(sources, chosen.per_source))]
     return {**stats, "overlap": asdict(found), "sources": per_source}
+
+
+def _profile_counts(spool: Spool, order: np.ndarray) -> tuple[dict[str, int], dict[str, int]]:
+    """Records per shape and per kind over the rows `order`, each dict in the order its keys first occur there
+    (what counting record by record gives)."""
+    codes, first, counts = np.unique(spool.profile[order], return_index=True, return_counts=True)
+    shapes: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    for position in np.argsort(first, kind="stable").tolist():
+        shape, kind, _ = spool.profiles[int(codes[position])]
+        shapes[shape] = shapes.get(shape, 0) + int(counts[position])
+        kinds[kind] = kinds.get(kind, 0) + int(counts[position])
+    return shapes, kinds
 
 
 def load_prepared(paths: RunPaths):

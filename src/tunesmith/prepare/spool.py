@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -22,11 +23,16 @@ import numpy as np
 from tunesmith.config import TemplateConfig, TokenizationConfig
 from tunesmith.data import Record, record_from_dict, record_to_dict
 from tunesmith.data.lengths import kept_window
+from tunesmith.data.records import has_tool_calls
+from tunesmith.data.stats import is_marked
 from tunesmith.errors import TunesmithError
 from tunesmith.prepare.split import group_key
-from tunesmith.prepare.tokenization import IGNORE_INDEX, MaskingStrategy, TokenizedRecord, tokenize_records
+from tunesmith.prepare.templates import Segment
+from tunesmith.prepare.tokenization import (IGNORE_INDEX, MaskingStrategy, encode_texts, render_records, segment_texts,
+                                           special_prefix)
 
-__all__ = ["Spool", "SpoolReader", "Windows", "iter_records", "windows", "write_spool", "write_split"]
+__all__ = ["Spool", "SpoolReader", "Windows", "iter_records", "tokenizer_threads", "windows", "write_spool",
+           "write_split"]
 
 SPOOL_RECORDS = 4096
 """Records rendered, tokenized and written at a time; also the rows read back at a time."""
@@ -60,6 +66,13 @@ class Spool:
     """`tunesmith.prepare.split.group_key` of each row (32 bytes)."""
     batch_rows: list[int]
     """Rows of each record batch of the file, in order."""
+    marked: np.ndarray
+    """True for rows whose record holds a template marker (`tunesmith.data.stats.is_marked`)."""
+    profile: np.ndarray
+    """Index into `profiles` of each row's record: its shape and kind, and whether it uses tools, for the
+    statistics."""
+    profiles: list[tuple[str, str, bool]]
+    """(shape, kind, `has_tool_calls`) of the records, in the order first written."""
 
     @property
     def totals(self) -> np.ndarray:
@@ -129,38 +142,75 @@ def _chunks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
         yield chunk
 
 
-def _full_columns(tokenized: list[TokenizedRecord], tokenization: TokenizationConfig):
-    """The `input_ids` and `labels` columns of a chunk (each record's `full_example`), built as flat arrays: a
-    list of Python lists per record costs more than the tokenizer's batch encode of them.
+def _flat_pieces(rendered: list[list[Segment]], ids: list[list[int]], prefix: tuple[int, ...]) -> tuple:
+    """The encoded segments of a chunk as (pieces, trainable per piece, pieces per record), the tokenizer's special
+    `prefix` put in front of each record that does not start with it (as `group_pieces` does)."""
+    trainable = [s.trainable for segments in rendered for s in segments]
+    counts = [len(segments) for segments in rendered]
+    if not prefix:
+        return ids, trainable, counts
+    pieces, flags, counts, position = [], [], [], 0
+    for segments in rendered:
+        own = ids[position:position + len(segments)]
+        own_flags = trainable[position:position + len(segments)]
+        position += len(segments)
+        if not (own and tuple(own[0][:len(prefix)]) == prefix):
+            own, own_flags = [list(prefix), *own], [False, *own_flags]
+        pieces += own
+        flags += own_flags
+        counts.append(len(own))
+    return pieces, flags, counts
 
-    pieces ((5, 6), (7, 2)), trainable (False, True), train_on=responses -> [[5, 6, 7, 2]], [[-100, -100, 7, 2]]
+
+def _flat_columns(pieces: list, trainable: list[bool], counts: list[int], tokenization: TokenizationConfig) -> tuple:
+    """A chunk's `input_ids` and `labels` columns (each record's `full_example`) and its prompt tokens, response
+    tokens and answer starts (the `TokenizedRecord` properties), all from flat arrays: Python lists and sums per
+    record cost more than the tokenizer's batch encode of them.
+
+    pieces [(5, 6), (7, 2)], trainable [False, True], counts [2], train_on=responses
+    -> [[5, 6, 7, 2]], [[-100, -100, 7, 2]], prompt [2], response [2], answer start [2]
     """
     import pyarrow as pa
 
-    train_all = MaskingStrategy(tokenization.train_on) is MaskingStrategy.ALL
-    pieces = [piece for t in tokenized for piece in t.pieces]
     lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
     ids = np.fromiter(chain.from_iterable(pieces), dtype=np.int32, count=int(lengths.sum()))
-    trained = np.fromiter((train_all or flag for t in tokenized for flag in t.trainable), dtype=bool,
-                          count=len(pieces))
+    flags = np.array(trainable, dtype=bool).reshape(-1)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    prompt = np.bincount(owner, weights=np.where(flags, 0, lengths), minlength=len(counts)).astype(np.int64)
+    response = np.bincount(owner, weights=np.where(flags, lengths, 0), minlength=len(counts)).astype(np.int64)
+    ends = np.cumsum(prompt + response)
+    record_starts = ends - prompt - response
+    piece_offsets = np.cumsum(lengths) - lengths - record_starts[owner]  # where each piece starts in its record
+    answer = np.zeros(len(counts), dtype=np.int64)
+    np.maximum.at(answer, owner[flags], piece_offsets[flags])  # the last trainable piece starts furthest in
+    trained = flags | (MaskingStrategy(tokenization.train_on) is MaskingStrategy.ALL)
     labels = np.where(np.repeat(trained, lengths), ids, np.int32(IGNORE_INDEX)).astype(np.int32)
-    offsets = pa.array(np.concatenate([[0], np.cumsum([t.total_tokens for t in tokenized])]).astype(np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(ids)), pa.ListArray.from_arrays(offsets, pa.array(labels))
+    offsets = pa.array(np.concatenate([[0], ends]).astype(np.int32))
+    return (pa.ListArray.from_arrays(offsets, pa.array(ids)), pa.ListArray.from_arrays(offsets, pa.array(labels)),
+            prompt, response, answer)
+
+
+def _finished_batch(chunk: list[Record], rendered: list[list[Segment]], ids: list[list[int]],
+                    prefix: tuple[int, ...], tokenization: TokenizationConfig, seed: int) -> tuple:
+    """One chunk's record batch of the spool file, and per record its prompt/response lengths, answer start, split
+    key, template-marker flag and (shape, kind, uses tools), from its rendered segments and their ids."""
+    import pyarrow as pa
+
+    input_ids, labels, prompt, response, answer = _flat_columns(*_flat_pieces(rendered, ids, prefix), tokenization)
+    batch = pa.record_batch([input_ids, labels,
+                             pa.array([json.dumps(record_to_dict(r), ensure_ascii=False) for r in chunk])],
+                            schema=_schema())
+    return (batch, prompt, response, answer, np.array([group_key(r, seed) for r in chunk], dtype="S32"),
+            np.fromiter(map(is_marked, chunk), dtype=bool, count=len(chunk)),
+            [(r.shape, r.kind, has_tool_calls(r)) for r in chunk])
 
 
 def _spool_batch(chunk: list[Record], tokenizer, template: TemplateConfig, tokenization: TokenizationConfig,
                  seed: int) -> tuple:
-    """One chunk's record batch of the spool file, and its prompt/response lengths, answer starts and split keys."""
-    import pyarrow as pa
-
-    tokenized = tokenize_records(chunk, tokenizer, template)
-    batch = pa.record_batch([*_full_columns(tokenized, tokenization),
-                             pa.array([json.dumps(record_to_dict(r), ensure_ascii=False) for r in chunk])],
-                            schema=_schema())
-    return (batch, np.array([t.prompt_tokens for t in tokenized], dtype=np.int64),
-            np.array([t.response_tokens for t in tokenized], dtype=np.int64),
-            np.array([t.answer_start for t in tokenized], dtype=np.int64),
-            np.array([group_key(r, seed) for r in chunk], dtype="S32"))
+    """`_finished_batch` of a chunk, rendered and encoded here (a worker process's whole job)."""
+    rendered = render_records(chunk, tokenizer, template)
+    ids = encode_texts(tokenizer, segment_texts(rendered))
+    return _finished_batch(chunk, rendered, ids, tuple(special_prefix(tokenizer)), tokenization, seed)
 
 
 _worker_settings: tuple = ()
@@ -182,11 +232,53 @@ def _worker_batch(chunk: list[Record]) -> tuple | None:
         return None
 
 
+@contextmanager
+def tokenizer_threads() -> Iterator[None]:
+    """The tokenizer's batch encode on all cores (its own threads) for the duration, whatever
+    `TOKENIZERS_PARALLELISM` says, then the setting as it was.
+
+    The CLI turns those threads off for the process (`quiet_libraries`): the tokenizers library warns, and turns
+    them off itself, when a process forks after using them. Here no fork happens while they run (the
+    worker-process path does not use this), and the setting is back before anything else runs, so a later fork
+    finds them configured off again: no warning, no deadlock. `RAYON_NUM_THREADS` caps the threads.
+    """
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
+def _overlapped_batches(chunks: Iterator[list[Record]], settings: tuple) -> Iterator[tuple]:
+    """`_spool_batch` of each chunk, in order, in this process: chunk k is encoded in a thread (the tokenizer
+    runs without the GIL, on its own threads) while this one reads and renders chunk k+1 and finishes chunk k-1,
+    so the Python work and the encode share the cores instead of taking turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokenizer, template, tokenization, seed = settings
+    prefix = tuple(special_prefix(tokenizer))
+    with tokenizer_threads(), ThreadPoolExecutor(1, thread_name_prefix="tunesmith-encode") as pool:
+        pending = None
+        for chunk in chunks:
+            rendered = render_records(chunk, tokenizer, template)
+            encoding = pool.submit(encode_texts, tokenizer, segment_texts(rendered))
+            if pending is not None:
+                yield _finished_batch(*pending[:2], pending[2].result(), prefix, tokenization, seed)
+            pending = (chunk, rendered, encoding)
+        if pending is not None:
+            yield _finished_batch(*pending[:2], pending[2].result(), prefix, tokenization, seed)
+
+
 def _batches(chunks: Iterator[list[Record]], settings: tuple, workers: int) -> Iterator[tuple]:
-    """`_spool_batch` of each chunk, in order: in this process, or in `workers` forked ones with a few chunks in
-    flight each (never the whole stream queued), the results taken in submission order so the file is the same."""
+    """`_spool_batch` of each chunk, in order: in this process (`_overlapped_batches`), or in `workers` forked
+    ones with a few chunks in flight each (never the whole stream queued), the results taken in submission order
+    so the file is the same."""
     if workers <= 1:
-        yield from (_spool_batch(chunk, *settings) for chunk in chunks)
+        yield from _overlapped_batches(chunks, settings)
         return
     import multiprocessing
     from collections import deque
@@ -214,7 +306,9 @@ def write_spool(path: Path, streams: Iterable[tuple[int, bool, Iterator[Record]]
     """
     import pyarrow as pa
 
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("source", "test", "prompt", "response", "answer", "keys")}
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in ("source", "test", "prompt", "response", "answer", "keys",
+                                                           "marked", "profile")}
+    profiles: dict[tuple[str, str, bool], int] = {}
     batch_rows: list[int] = []
     origins: list[tuple[int, bool]] = []
 
@@ -227,20 +321,24 @@ def write_spool(path: Path, streams: Iterable[tuple[int, bool, Iterator[Record]]
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _schema()) as writer:
         settings = (tokenizer, template, tokenization, seed)
         workers = SPOOL_WORKERS if workers is None else workers
-        for index, (batch, prompt, response, answer, keys) in enumerate(_batches(chunks(), settings, workers)):
+        for index, (batch, prompt, response, answer, keys, marked, kinds) in enumerate(
+                _batches(chunks(), settings, workers)):
             source, from_test_file = origins[index]
             writer.write_batch(batch)
             batch_rows.append(batch.num_rows)
             columns["source"].append(np.full(batch.num_rows, source, dtype=np.int32))
             columns["test"].append(np.full(batch.num_rows, from_test_file))
-            for key, values in (("prompt", prompt), ("response", response), ("answer", answer), ("keys", keys)):
+            columns["profile"].append(np.array([profiles.setdefault(k, len(profiles)) for k in kinds], dtype=np.int32))
+            for key, values in (("prompt", prompt), ("response", response), ("answer", answer), ("keys", keys),
+                                ("marked", marked)):
                 columns[key].append(values)
             if progress is not None:
                 progress.update(batch.num_rows)
     joined = {k: np.concatenate(v) if v else np.zeros(0, dtype="S32" if k == "keys" else np.int64)
               for k, v in columns.items()}
     return Spool(path, joined["source"], joined["test"].astype(bool), joined["prompt"], joined["response"],
-                 joined["answer"], joined["keys"], batch_rows)
+                 joined["answer"], joined["keys"], batch_rows, joined["marked"].astype(bool), joined["profile"],
+                 list(profiles))
 
 
 @dataclass(frozen=True)

@@ -19,19 +19,22 @@ template, tokenize, and resolve `max_length` against the model's context, so bot
 
 from __future__ import annotations
 
+import re
+import weakref
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tunesmith.config import ModelConfig, TemplateConfig, TokenizationConfig
 from tunesmith.data import Record
 from tunesmith.data.lengths import kept_window
 from tunesmith.data.text import percentile
-from tunesmith.prepare.templates import render_prompt, render_segments, resolve_template_name
+from tunesmith.prepare.templates import Segment, render_prompt, render_segments, resolve_template_name
 
 __all__ = ["IGNORE_INDEX", "MaskingStrategy", "Measured", "TokenizedRecord", "build_example", "encode_prompt",
-           "encode_record", "full_example", "has_loss", "max_length_note", "measure_lengths", "resolve_max_length",
-           "special_prefix", "tokenize_for_model", "tokenize_records"]
+           "encode_record", "encode_texts", "full_example", "group_pieces", "has_loss", "max_length_note",
+           "measure_lengths", "render_records", "resolve_max_length", "segment_texts", "special_prefix",
+           "tokenize_for_model", "tokenize_records"]
 
 IGNORE_INDEX = -100
 """Label of a position that carries no loss (prompt, padding); the value torch's cross-entropy skips."""
@@ -91,16 +94,128 @@ def special_prefix(tokenizer) -> list[int]:
     return []
 
 
-def _encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The ids of each text, without special tokens; the tokenizer's own batch encode, so it runs without the GIL
+    (a thread can overlap it with Python work) and on the tokenizer's threads when `TOKENIZERS_PARALLELISM` allows.
+
+    ["Hi", "4<|im_end|>"] -> [[26843], [36, 2]]   (SmolLM2)
+    """
     if not texts:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and not getattr(backend, "truncation", None):
-        # The Rust tokenizer's batch encode itself: the same ids as tokenizer(texts) without building a Python
-        # encoding object per text (a third of prepare's time at a million records).
-        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
-    # verbose=False: long examples are expected here and are truncated later, by our own rules.
-    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    if backend is None or getattr(backend, "truncation", None):
+        # verbose=False: long examples are expected here and are truncated later, by our own rules.
+        return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    pieces = _pieces_for(tokenizer, backend)
+    split = pieces.split  # once: another thread may turn it off meanwhile
+    if split is None or getattr(backend, "encode_special_tokens", False):  # special tokens read as plain text
+        return _encode_whole(backend, texts)
+    encoded = _encode_by_pieces(backend, split, pieces.ids, texts)
+    if pieces.verified < VERIFIED_TEXTS:
+        whole = _encode_whole(backend, texts[:VERIFIED_TEXTS - pieces.verified])
+        if encoded[:len(whole)] != whole:
+            pieces.split = None
+            return _encode_whole(backend, texts)
+        pieces.verified += len(whole)
+    return encoded
+
+
+VERIFIED_TEXTS = 64
+"""Texts per tokenizer encoded both whole and by pieces, before the pieces alone are trusted (`_PieceSplit`)."""
+
+
+@dataclass
+class _PieceSplit:
+    """How a tokenizer's texts are cut at its special tokens, so the text between them (the template's fixed
+    parts, repeated by every record) is encoded once per batch instead of once per record.
+
+    The tokenizer itself cuts a text at its special tokens before anything else and encodes the parts between
+    them one by one, so the ids are the same; `encode_texts` still compares the first `VERIFIED_TEXTS` texts
+    with the whole-text encode, and encodes whole texts for good on any difference (a pre-tokenizer that treats
+    the start of the text differently, such as Metaspace's `prepend_scheme: first`).
+    """
+
+    split: Callable[[str], list[str]] | None
+    """`re.split` with the special tokens captured: [text, token, text, ...]; None: encode whole texts."""
+    ids: dict[str, int]
+    verified: int = 0
+
+
+_piece_splits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _pieces_for(tokenizer, backend) -> _PieceSplit:
+    """The tokenizer's `_PieceSplit`, made once: its special tokens that match exactly as written (not normalized,
+    no whitespace stripped around them, not only as whole words). A token added later is no cut, so its text is
+    left to the tokenizer: the ids stay right."""
+    if tokenizer not in _piece_splits:
+        added = getattr(backend, "get_added_tokens_decoder", dict)().values()
+        exact = {t.content: backend.token_to_id(t.content) for t in added
+                 if t.content and not (t.normalized or t.lstrip or t.rstrip or t.single_word)}
+        pattern = "(" + "|".join(re.escape(c) for c in sorted(exact, key=len, reverse=True)) + ")"
+        _piece_splits[tokenizer] = _PieceSplit(re.compile(pattern).split if exact else None, exact)
+    return _piece_splits[tokenizer]
+
+
+def _encode_whole(backend, texts: list[str]) -> list[list[int]]:
+    # The Rust tokenizer's batch encode itself: the same ids as tokenizer(texts) without building a Python encoding
+    # object per text; the fast variant skips the character offsets, which nothing here reads.
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+
+
+def _encode_by_pieces(backend, split: Callable[[str], list[str]], special: dict[str, int],
+                      texts: list[str]) -> list[list[int]]:
+    """Each text's ids from its parts: special tokens by their id, each distinct part between them encoded once.
+
+    ["<|im_start|>user\nHi", "<|im_start|>user\nHo"] encodes "user\nHi" and "user\nHo", and no
+    "<|im_start|>"; a part every record repeats ("assistant\n") is encoded once for the whole batch.
+    """
+    parts = [split(text) for text in texts]
+    distinct = list(dict.fromkeys(p for cut in parts for p in cut[::2] if p))
+    ids_of = dict(zip(distinct, _encode_whole(backend, distinct)))
+    encoded = []
+    for cut in parts:
+        ids = list(ids_of[cut[0]]) if cut[0] else []
+        for position in range(1, len(cut), 2):
+            ids.append(special[cut[position]])
+            if cut[position + 1]:
+                ids += ids_of[cut[position + 1]]
+        encoded.append(ids)
+    return encoded
+
+
+def render_records(records: Sequence[Record], tokenizer, template: TemplateConfig) -> list[list[Segment]]:
+    """Each record's segments (`tunesmith.prepare.templates.render_segments`): the Python half of tokenizing.
+
+    Raises:
+        ConfigError, DataError: a record the template cannot render.
+    """
+    return [render_segments(r, template, tokenizer) for r in records]
+
+
+def segment_texts(rendered: list[list[Segment]]) -> list[str]:
+    """The texts to encode for `rendered`, every record's segments in order (what `group_pieces` takes back)."""
+    return [s.text for segments in rendered for s in segments]
+
+
+def group_pieces(rendered: list[list[Segment]], ids: list[list[int]], prefix: tuple[int, ...]) -> list[TokenizedRecord]:
+    """The encoded segments (`ids`, in `segment_texts` order) grouped back per record, the tokenizer's special
+    `prefix` (a BOS) put in front of each record that does not start with it.
+
+    [[Segment("Q: ", False), Segment("4<|im_end|>", True)]], [[48, 42], [34, 2]], ()
+    -> [TokenizedRecord(pieces=((48, 42), (34, 2)), trainable=(False, True))]
+    """
+    tokenized: list[TokenizedRecord] = []
+    pieces_of = iter(ids)
+    for segments in rendered:
+        pieces = [tuple(next(pieces_of)) for _ in segments]
+        trainable = [s.trainable for s in segments]
+        if prefix and not (pieces and pieces[0][:len(prefix)] == prefix):
+            pieces.insert(0, prefix)
+            trainable.insert(0, False)
+        tokenized.append(TokenizedRecord(tuple(pieces), tuple(trainable)))
+    return tokenized
 
 
 def tokenize_records(records: Sequence[Record], tokenizer, template: TemplateConfig) -> list[TokenizedRecord]:
@@ -114,16 +229,9 @@ def tokenize_records(records: Sequence[Record], tokenizer, template: TemplateCon
     tokenized: list[TokenizedRecord] = []
     with tqdm(total=len(records), desc="tokenizing", unit="ex", disable=len(records) < 5000, leave=False) as bar:
         for start in range(0, len(records), BATCH_RECORDS):
-            batch = [render_segments(r, template, tokenizer) for r in records[start:start + BATCH_RECORDS]]
-            ids = iter(_encode_texts(tokenizer, [s.text for segments in batch for s in segments]))
-            for segments in batch:
-                pieces = [tuple(next(ids)) for _ in segments]
-                trainable = [s.trainable for s in segments]
-                if prefix and not (pieces and pieces[0][:len(prefix)] == prefix):
-                    pieces.insert(0, prefix)
-                    trainable.insert(0, False)
-                tokenized.append(TokenizedRecord(tuple(pieces), tuple(trainable)))
-            bar.update(len(batch))
+            rendered = render_records(records[start:start + BATCH_RECORDS], tokenizer, template)
+            tokenized += group_pieces(rendered, encode_texts(tokenizer, segment_texts(rendered)), prefix)
+            bar.update(len(rendered))
     return tokenized
 
 
@@ -171,7 +279,7 @@ def encode_record(record: Record, tokenizer, template: TemplateConfig, tokenizat
 
 def encode_prompt(record: Record, tokenizer, template: TemplateConfig) -> list[int]:
     """The ids generation starts from: exactly the prompt tokens training saw before the answer."""
-    return special_prefix(tokenizer) + _encode_texts(tokenizer, [render_prompt(record, template, tokenizer)])[0]
+    return special_prefix(tokenizer) + encode_texts(tokenizer, [render_prompt(record, template, tokenizer)])[0]
 
 
 def measure_lengths(records: Sequence[Record], tokenizer, template: TemplateConfig) -> list[tuple[int, int]]:
