@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tunesmith.config import ModelConfig, TrainingConfig
-from tunesmith.errors import ModelError
+from tunesmith.errors import ConfigError, ModelError
 from tunesmith.runs import atomic_dir, tunesmith_home
 
 EMBEDDED_MODELS = {
@@ -279,15 +279,67 @@ def load_tokenizer_for(model_dir: Path | None, model_config: ModelConfig):
     return tokenizer
 
 
+def decoder_layers(model):
+    """The model's stack of decoder layers: the module list as long as `config.num_hidden_layers`."""
+    import torch
+
+    count = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ModelError(f"found no stack of {count} decoder layers in {type(model).__name__}; "
+                     "training.trainable_layers needs one (leave it unset to train every layer)")
+
+
+def upper_layer_indices(model, trainable_layers: int) -> list[int]:
+    """Indices of the last `trainable_layers` decoder layers.
+
+    Raises:
+        ConfigError: the model has fewer layers.
+    """
+    total = len(decoder_layers(model))
+    if trainable_layers > total:
+        raise ConfigError(f"training.trainable_layers={trainable_layers}: the model has {total} decoder layers; "
+                          f"give at most {total}, or leave it unset to train every layer")
+    return list(range(total - trainable_layers, total))
+
+
+def freeze_lower_layers(model, trainable_layers: int) -> int:
+    """Freeze all but the last `trainable_layers` decoder layers and the final norm (embeddings and output layer
+    frozen too, so no vocabulary-sized gradient is made); returns the number of trainable parameters."""
+    layers, trained = decoder_layers(model), set(upper_layer_indices(model, trainable_layers))
+    frozen = {id(p) for i, layer in enumerate(layers) if i not in trained for p in layer.parameters()}
+    frozen |= {id(p) for module in (model.get_input_embeddings(), model.get_output_embeddings()) if module is not None
+               for p in module.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layer_linear_names(layer) -> list[str]:
+    """The names of a decoder layer's linear modules (q_proj, ..., down_proj): what "all-linear" adapts there."""
+    import torch
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in layer.named_modules()
+                   if isinstance(module, torch.nn.Linear)})
+
+
 def apply_lora(model, training: TrainingConfig):
-    """Wrap a model with LoRA adapters per the training config (all linear layers but the head by default)."""
+    """Wrap a model with LoRA adapters per the training config (all linear layers but the head by default; only
+    the last `training.trainable_layers` decoder layers when set)."""
     from peft import LoraConfig, get_peft_model
 
+    layers, targets = None, training.lora_target_modules
+    if training.trainable_layers:
+        layers = upper_layer_indices(model, training.trainable_layers)
+        if targets == "all-linear":  # PEFT takes a layer selection only with the modules named
+            targets = layer_linear_names(decoder_layers(model)[0])
     lora = LoraConfig(
         r=training.lora_r,
         lora_alpha=training.lora_alpha,
         lora_dropout=training.lora_dropout,
-        target_modules=training.lora_target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)

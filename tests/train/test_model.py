@@ -74,3 +74,49 @@ def test_under_bf16_a_small_lora_update_still_changes_the_output(tiny_model_dir)
 
     assert delta(hook=False) == 0.0  # the update is invisible in plain bf16 autocast
     assert delta(hook=True) > 0.0
+
+
+def _weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_trainable_layers_full_changes_only_the_top_layer_and_the_final_norm(make_run, tiny_model_dir):
+    config, paths = make_run("training.method=full", "training.learning_rate=1e-2", "training.trainable_layers=1",
+                             "training.save_every_steps=2")
+    result = train_run(config, paths)
+    before, after = _weights(tiny_model_dir), _weights(result.model_dir)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("model.layers.1.") or name == "model.norm.weight" for name in changed)
+    assert "model.embed_tokens.weight" not in changed and not any(n.startswith("model.layers.0.") for n in changed)
+    # the checkpoint holds the trained weights only, and its fingerprint the setting (a resume compares it)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(paths.checkpoints / "step-2" / "trainable.safetensors"))
+    assert saved and all(name.startswith("model.layers.1.") or name == "model.norm.weight" for name in saved)
+    assert '"training.trainable_layers": 1' in (paths.checkpoints / "step-2" / "fingerprint.json").read_text()
+
+
+def test_trainable_layers_lora_adapts_only_the_top_layer(tiny_model_dir):
+    from tunesmith.models import apply_lora
+
+    model = apply_lora(tiny_model(tiny_model_dir), TrainingConfig(method="lora", trainable_layers=1))
+    adapted = {name.split(".lora_")[0] for name, _ in model.named_parameters() if ".lora_" in name}
+    assert adapted and all(".layers.1." in name for name in adapted)
+
+
+def test_more_trainable_layers_than_the_model_has_is_refused_with_the_count(tiny_model_dir):
+    from tunesmith.errors import ConfigError
+    from tunesmith.models import freeze_lower_layers
+
+    with pytest.raises(ConfigError, match="trainable_layers=3: the model has 2 decoder layers"):
+        freeze_lower_layers(tiny_model(tiny_model_dir), 3)
+
+
+def tiny_model(folder):
+    """The tiny model, loaded in fp32."""
+    from tunesmith.config import ModelConfig
+    from tunesmith.models import load_model
+
+    return load_model(ModelConfig(name=str(folder)), dtype=torch.float32)

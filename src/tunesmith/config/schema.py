@@ -157,6 +157,10 @@ class TrainingConfig(Section):
         """`10m` and friends to seconds, so the rest of tunesmith sees one unit."""
         return duration_seconds(value) if isinstance(value, str) else value
 
+    trainable_layers: int | None = Field(default=None, gt=0)
+    """Train only the last N decoder layers: full finetuning freezes the rest (the embeddings and the output layer
+    too), LoRA adapts only those layers. The backward then stops at the lowest trained layer, so a step costs
+    less (LLaMA-Factory's freeze tuning). None: every layer."""
     lora_r: int = Field(default=16, gt=0)
     """LoRA rank."""
     lora_alpha: float = Field(default=32, gt=0)

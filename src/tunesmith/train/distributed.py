@@ -90,6 +90,10 @@ def with_distribution(runtime: Runtime, training: TrainingConfig, model) -> Runt
     if sharded and training.method == "qlora":
         raise TrainingError("training.method=qlora with training.distributed=fsdp: 4-bit weights are not sharded "
                             "here; use training.distributed=ddp (QLoRA's frozen base is small)")
+    if sharded and training.trainable_layers and training.method == "full":
+        raise TrainingError("training.trainable_layers with training.distributed=fsdp: sharding a model whose lower "
+                            "layers are frozen is not supported yet; use training.distributed=ddp (its training "
+                            "state is that of the trained layers only) or leave trainable_layers unset")
     if not sharded:
         return runtime
     return replace(runtime, sharded=True,

@@ -44,7 +44,7 @@ FINGERPRINT_VERSION = 1
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 """Compared only for LoRA and QLoRA: a full finetune ignores them."""
 TRAINING_KEYS = ("method", "batch_size", "gradient_accumulation_steps", "seed", "packing", "lr_scheduler",
-                 "warmup_steps", "optimizer", "weight_decay", "max_grad_norm")
+                 "warmup_steps", "optimizer", "weight_decay", "max_grad_norm", "trainable_layers")
 """Training settings compared as they are; the learning rate, warmup ratio and precision are compared resolved."""
 
 

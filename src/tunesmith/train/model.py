@@ -12,7 +12,7 @@ from tunesmith.config import ModelConfig, TrainingConfig
 from tunesmith.errors import TrainingError
 from tunesmith.modeling.losses import CausalLMLoss
 from tunesmith.modeling.packing import register_packed_attention
-from tunesmith.models import apply_lora, load_causal_lm, load_model
+from tunesmith.models import apply_lora, freeze_lower_layers, load_causal_lm, load_model
 from tunesmith.train.bf16_weights import (
     TrainableCopies,
     bf16_trainable_copies,
@@ -55,6 +55,8 @@ def build_model(model_cfg: ModelConfig, training: TrainingConfig, speed: SpeedCh
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if training.method in ("lora", "qlora"):
         model = apply_lora(model, training)
+    elif training.trainable_layers:
+        freeze_lower_layers(model, training.trainable_layers)
     return model
 
 
