@@ -23,11 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-PROBE_MIN_STEPS = 8
-"""Timed steps (after the first) before the length is decided. Three were too few on rows of varied length: on a
-documentation-style set the first three timed steps ran at 2.53 s, the rest at ~1.9 s, and a 9-minute run ended
-19% early (bench/README.md)."""
-PROBE_MIN_SHARE = 0.03
+PROBE_MIN_STEPS = 3
+"""Timed steps (after the first) before the length is decided."""
+PROBE_MIN_SHARE = 0.01
 """...and at least this share of the budget timed, so fast steps (a GPU, a tiny model) are measured over many."""
 PROBE_MAX_SHARE = 0.1
 """Decide after this share of the budget even with fewer timed steps (one step is enough then)."""
@@ -68,7 +66,7 @@ class BudgetDecision:
 def probe_finished(timed_steps: int, timed_s: float, budget_s: float) -> bool:
     """Whether the steps timed so far are enough to decide the run's length.
 
-    >>> probe_finished(8, 19.0, 600), probe_finished(8, 1.0, 600), probe_finished(1, 61.0, 600)
+    >>> probe_finished(3, 7.0, 600), probe_finished(3, 1.0, 600), probe_finished(1, 61.0, 600)
     (True, False, True)
     """
     if timed_steps >= PROBE_MIN_STEPS and timed_s >= PROBE_MIN_SHARE * budget_s:
