@@ -304,16 +304,15 @@ def upper_layer_indices(model, trainable_layers: int) -> list[int]:
     return list(range(total - trainable_layers, total))
 
 
-def freeze_lower_layers(model, trainable_layers: int) -> int:
-    """Freeze all but the last `trainable_layers` decoder layers and the final norm (embeddings and output layer
-    frozen too, so no vocabulary-sized gradient is made); returns the number of trainable parameters."""
+def freeze_lower_layers(model, trainable_layers: int) -> None:
+    """Freeze every decoder layer but the last `trainable_layers`, and the embeddings and output layer too (so no
+    vocabulary-sized gradient is made); the final norm stays trainable."""
     layers, trained = decoder_layers(model), set(upper_layer_indices(model, trainable_layers))
     frozen = {id(p) for i, layer in enumerate(layers) if i not in trained for p in layer.parameters()}
     frozen |= {id(p) for module in (model.get_input_embeddings(), model.get_output_embeddings()) if module is not None
                for p in module.parameters()}
     for p in model.parameters():
         p.requires_grad_(id(p) not in frozen)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def layer_linear_names(layer) -> list[str]:
