@@ -40,6 +40,8 @@ from tunesmith.models import load_tokenizer, resolve_precision
 from tunesmith.prepare.manifest import Manifest
 from tunesmith.runs import RunPaths, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from tunesmith.train.artifacts import run_info, save_model, train_summary
+from tunesmith.train.budget import (BudgetDecision, RunMark, StepTimer, correction_times, corrected,
+                                    decide_steps, measured_rates)
 from tunesmith.train.checkpoints import (
     best_checkpoint,
     checkpoint_note,
@@ -71,7 +73,6 @@ from tunesmith.train.model import (
     wrap_for_training,
 )
 from tunesmith.train.optim import apply_gradients, build_optimizer, set_learning_rate
-from tunesmith.train.budget import BudgetDecision, StepTimer, decide_steps
 from tunesmith.train.schedule import StepPlan, plan_steps, step_examples, warmup_steps
 from tunesmith.train.speed import speed_choices
 from tunesmith.train.state import Clock, TrainResult, TrainState
@@ -240,33 +241,62 @@ def run_all_steps(run: Run, learner: Learner, state: TrainState, clock: Clock, m
     """The run's steps (`run_steps`), and the run with the length it had in the end.
 
     With `training.time_budget` the first steps run under the configured plan while timed; then the number of
-    steps is set once so that the schedule ends at the budget (budget.py), and the rest runs under that plan.
-    A resume with the same budget keeps the length decided before (`state.budget`).
+    steps is set so that the schedule ends at the budget (budget.py), checked again at a quarter and at half of
+    the budget against the time measured since, and the rest runs under that plan. A resume with the same budget
+    keeps the length decided before (`state.budget`), and the checks not yet passed.
     """
     budget_s = run.training.time_budget
     if budget_s is None:
         return run, run_steps(run, learner, state, clock, metrics, stop)
     if state.budget is not None and state.budget["budget_s"] == budget_s:
-        run = with_length(run, state.budget["total_steps"])
-        return run, run_steps(run, learner, state, clock, metrics, stop)
-    if state.budget is not None and run.runtime.is_main:
-        warnings.warn(f"training.time_budget is now {budget_s:g} s (the run was planned for "
-                      f"{state.budget['budget_s']:g} s): timing the next steps to fit the budget left", stacklevel=2)
-    timer = StepTimer(budget_s)
+        decision = BudgetDecision.from_json(state.budget)
+    else:
+        if state.budget is not None and run.runtime.is_main:
+            warnings.warn(f"training.time_budget is now {budget_s:g} s (the run was planned for "
+                          f"{state.budget['budget_s']:g} s): timing the next steps to fit the budget left",
+                          stacklevel=2)
+        timer = StepTimer(budget_s)
 
-    def timed_enough(now: TrainState) -> bool:
-        finished = timer.tick(now.step, now.tokens_seen, now.eval_s)
-        return gather_objects(finished)[0] if run.runtime.world > 1 else finished  # rank 0 decides for all
+        def timed_enough(now: TrainState) -> bool:
+            return agreed(run, timer.tick(now.step, now.tokens_seen, now.eval_s))
 
-    outcome = run_steps(run, learner, state, clock, metrics, stop, until=timed_enough)
-    if outcome in ("early", "stopped") or timer.timed_steps == 0:
-        return run, outcome
-    decision = decide_budget(run, state, clock, timer, probe_evaluation(run, learner, state, clock, metrics))
-    state.budget = decision.to_json()
-    if run.runtime.is_main:
-        tqdm_write(decision.why())
+        outcome = run_steps(run, learner, state, clock, metrics, stop, until=timed_enough)
+        if outcome in ("early", "stopped") or timer.timed_steps == 0:
+            return run, outcome
+        decision = decide_budget(run, state, clock, timer.seconds_per_token(), timer.timed_steps,
+                                 probe_evaluation(run, learner, state, clock, metrics))
+        state.budget = decision.to_json()
+        if run.runtime.is_main:
+            tqdm_write(decision.why())
     run = with_length(run, decision.total_steps)
+    for check_at_s in correction_times(budget_s, clock.elapsed()):
+        start = run_mark(state, clock)
+        outcome = run_steps(run, learner, state, clock, metrics, stop,
+                            until=lambda now, at=check_at_s, run=run: agreed(run, clock.elapsed() >= at))
+        if outcome != "measured":
+            return run, outcome
+        s_per_token, eval_s = measured_rates(start, run_mark(state, clock), run.training.eval_every_steps)
+        new = decide_budget(run, state, clock, s_per_token, state.step - start.step,
+                            eval_s if eval_s is not None else decision.eval_s)
+        change = corrected(decision, new, state.step)
+        if change is not None:
+            if run.runtime.is_main:
+                tqdm_write(f"time_budget: at step {state.step} the steps since took {new.step_s:.2f} s each "
+                           f"(predicted {decision.step_s:.2f}): the run now takes {change.total_steps} steps, "
+                           f"not {decision.total_steps}, to end at the budget")
+            decision = change
+            state.budget = decision.to_json()
+            run = with_length(run, decision.total_steps)
     return run, run_steps(run, learner, state, clock, metrics, stop)
+
+
+def agreed(run: Run, value: bool) -> bool:
+    """The main process's answer, for every process (rank 0 decides when the steps were timed enough)."""
+    return gather_objects(value)[0] if run.runtime.world > 1 else value
+
+
+def run_mark(state: TrainState, clock: Clock) -> RunMark:
+    return RunMark(elapsed_s=clock.elapsed(), eval_s=state.eval_s, tokens_seen=state.tokens_seen, step=state.step)
 
 
 def probe_evaluation(run: Run, learner: Learner, state: TrainState, clock: Clock, metrics: list[dict]) -> float | None:
@@ -287,16 +317,20 @@ def probe_evaluation(run: Run, learner: Learner, state: TrainState, clock: Clock
     return state.eval_s - before
 
 
-def decide_budget(run: Run, state: TrainState, clock: Clock, timer: StepTimer,
+def decide_budget(run: Run, state: TrainState, clock: Clock, s_per_token: float, measured_steps: int,
                   eval_s: float | None) -> BudgetDecision:
-    """The length the budget holds, from the timed steps and the timed evaluation (`eval_s`, None: predicted);
-    the main process's decision, for every process."""
-    train_lengths, test_lengths = run.data.train.lengths(), run.data.test.lengths()
-    tokens_per_step = float(train_lengths.sum()) / run.plan.epoch_steps
-    decision = decide_steps(run.training.time_budget, clock.elapsed(), state.step, timer.seconds_per_token(),
-                            tokens_per_step, int(test_lengths.sum()) if len(test_lengths) else 0,
-                            run.training.eval_every_steps, run.plan.epoch_steps, timer.timed_steps, eval_s)
+    """The length the budget holds, from the measured seconds per training token and per evaluation (`eval_s`,
+    None: predicted); the main process's decision, for every process."""
+    test_lengths = run.data.test.lengths()
+    decision = decide_steps(run.training.time_budget, clock.elapsed(), state.step, s_per_token,
+                            tokens_per_step(run), int(test_lengths.sum()) if len(test_lengths) else 0,
+                            run.training.eval_every_steps, run.plan.epoch_steps, measured_steps, eval_s)
     return gather_objects(decision)[0] if run.runtime.world > 1 else decision
+
+
+def tokens_per_step(run: Run) -> float:
+    """An average step's tokens (all processes): an epoch's over its steps."""
+    return float(run.data.train.lengths().sum()) / run.plan.epoch_steps
 
 
 def with_length(run: Run, total_steps: int) -> Run:
