@@ -98,6 +98,25 @@ def test_trainable_layers_full_changes_only_the_top_layer_and_the_final_norm(mak
     assert '"training.trainable_layers": 1' in (paths.checkpoints / "step-2" / "fingerprint.json").read_text()
 
 
+def test_a_run_with_the_cache_trains_as_one_without_it(make_run):
+    import json
+
+    import numpy as np
+
+    runs = {}
+    for on in (True, False):
+        config, paths = make_run("training.method=full", "training.learning_rate=1e-2", "training.trainable_layers=1",
+                                 "training.max_steps=12", "training.batch_size=4",
+                                 f"training.frozen_layer_cache={str(on).lower()}", name=f"cache-{on}")
+        result = train_run(config, paths)
+        lines = [json.loads(line) for line in paths.metrics.read_text().splitlines()]
+        runs[on] = result.summary, [line["loss"] for line in lines if "loss" in line]
+    (with_cache, losses_on), (without, losses_off) = runs[True], runs[False]
+    # 8 training examples in batches of 4: from the third step on every example is kept
+    assert with_cache["frozen_layer_cache"]["batches_skipped"] >= 10 and "frozen_layer_cache" not in without
+    np.testing.assert_allclose(losses_on, losses_off, rtol=1e-4)
+
+
 def test_trainable_layers_lora_adapts_only_the_top_layer(tiny_model_dir):
     from tunesmith.models import apply_lora
 

@@ -161,6 +161,10 @@ class TrainingConfig(Section):
     """Train only the last N decoder layers: full finetuning freezes the rest (the embeddings and the output layer
     too), LoRA adapts only those layers. The backward then stops at the lowest trained layer, so a step costs
     less (LLaMA-Factory's freeze tuning). None: every layer."""
+    frozen_layer_cache: bool = True
+    """With `trainable_layers`: keep the frozen lower layers' output for each training token the first time it is
+    seen, so later epochs skip those layers (their output cannot change); off when it would take over 2 GiB or the
+    model has dropout. Changes no result; false computes them every step."""
     lora_r: int = Field(default=16, gt=0)
     """LoRA rank."""
     lora_alpha: float = Field(default=32, gt=0)

@@ -206,17 +206,27 @@ class CausalLMLoss(torch.nn.Module):
         super().__init__()
         self.model = model
         self.chunk_rows = chunk_rows
+        self.prefix_cache = None
+        """A FrozenPrefixCache (frozen_prefix.py) when the run's lower layers are frozen; batches with a
+        `cache_index` then use it."""
 
     def causal_lm(self) -> torch.nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids, labels, position_ids=None, attention_mask=None) -> torch.Tensor:
+    def forward(self, input_ids, labels, position_ids=None, attention_mask=None, cache_index=None) -> torch.Tensor:
         lm = self.causal_lm()
         attention = lm.config._attn_implementation
         packed = position_ids is not None and attention_mask is None
         if packed and len(input_ids) > 1 and attention_plan(input_ids.device.type, attention) == ONE_ROW:
             flat = flatten_packed({"input_ids": input_ids, "position_ids": position_ids, "labels": labels})
             input_ids, position_ids, labels = flat["input_ids"], flat["position_ids"], flat["labels"]
+            cache_index = None if cache_index is None else cache_index.reshape(1, -1)
+        if cache_index is not None and self.prefix_cache is not None:
+            with self.prefix_cache.applied(cache_index):
+                return self._loss(lm, attention, packed, input_ids, labels, position_ids, attention_mask)
+        return self._loss(lm, attention, packed, input_ids, labels, position_ids, attention_mask)
+
+    def _loss(self, lm, attention, packed, input_ids, labels, position_ids, attention_mask) -> torch.Tensor:
         # No KV cache: with one, transformers would not build the per-example mask of packed rows.
         inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask,
                   "use_cache": False}

@@ -67,6 +67,7 @@ from tunesmith.train.fingerprint import resume_notes, run_fingerprint
 from tunesmith.train.model import (
     Learner,
     build_model,
+    frozen_prefix_cache,
     gathered_model,
     loss_model_for,
     unwrap_after_training,
@@ -149,7 +150,8 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, tem
         loss_model = loss_model_for(model, training, run.runtime)  # sharded first: the optimizer holds the shards
         optimizer = build_optimizer(model, training, run.plan.peak_lr)
         state = resume_or_start(run, model, optimizer, resume)
-        learner = wrap_for_training(model, loss_model, optimizer, tokenizer, training, run.runtime)
+        prefix_cache = frozen_prefix_cache(model, loss_model, training, run.runtime, data.train.lengths())
+        learner = wrap_for_training(model, loss_model, optimizer, tokenizer, training, run.runtime, prefix_cache)
 
         metrics = read_jsonl(paths.metrics)
         clock = Clock.start(state.elapsed_s)
@@ -404,10 +406,14 @@ def train_step(run: Run, learner: Learner, step: int, state: TrainState, clock: 
     training, runtime, data = run.training, run.runtime, run.data
     lr = run.plan.lr(step)
     set_learning_rate(learner.optimizer, lr)
-    parts = [[data.train[i] for i in part]
-             for part in step_examples(step, len(data.train), training, runtime.rank, runtime.world)]
+    indices = step_examples(step, len(data.train), training, runtime.rank, runtime.world)
+    parts = [[data.train[i] for i in part] for part in indices]
     pad_id = learner.tokenizer.pad_token_id
     batches = [make_batch(part, training.packing, data.max_row_tokens, pad_id, run.padding_side) for part in parts]
+    if learner.prefix_cache is not None:
+        for batch, part in zip(batches, indices):
+            batch["cache_index"] = learner.prefix_cache.batch_index(part, training.packing, data.max_row_tokens,
+                                                                    run.padding_side)
     local_tokens = sum(len(e["input_ids"]) for part in parts for e in part)
     loss_sum, loss_tokens, real_tokens = accumulate_gradients(learner.loss_model, batches, runtime.accelerator,
                                                               runtime.precision, local_tokens, learner.scaler.scale,
@@ -493,6 +499,8 @@ def finish(run: Run, learner: Learner, state: TrainState, clock: Clock, metrics:
                             stopped_early, model_step, final_test_loss, sharded=runtime.sharded)
     if state.budget is not None:
         summary["time_budget"] = state.budget
+    if learner.prefix_cache is not None:
+        summary["frozen_layer_cache"] = learner.prefix_cache.summary()
     # sharded: gathered once into a plain model on the main process, saved as an unsharded run saves its own
     model = gathered_model(learner, model_cfg, training, runtime) if runtime.sharded else learner.model
     merged_dir = None

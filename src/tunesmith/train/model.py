@@ -10,9 +10,10 @@ import torch
 
 from tunesmith.config import ModelConfig, TrainingConfig
 from tunesmith.errors import TrainingError
+from tunesmith.modeling.frozen_prefix import MAX_CACHE_BYTES, FrozenPrefixCache, frozen_boundary, random_in_training
 from tunesmith.modeling.losses import CausalLMLoss
 from tunesmith.modeling.packing import register_packed_attention
-from tunesmith.models import apply_lora, freeze_lower_layers, load_causal_lm, load_model
+from tunesmith.models import apply_lora, decoder_layers, freeze_lower_layers, load_causal_lm, load_model
 from tunesmith.train.bf16_weights import (
     TrainableCopies,
     bf16_trainable_copies,
@@ -120,6 +121,8 @@ class Learner:
     lora_hooks: list
     frozen_in_bf16: bool
     """The frozen base was cast to bf16 for the run; `unwrap_after_training` reloads it in fp32."""
+    prefix_cache: FrozenPrefixCache | None = None
+    """The frozen lower layers' kept output (`training.frozen_layer_cache`), else None."""
 
 
 def loss_model_for(model, training: TrainingConfig, runtime: Runtime) -> CausalLMLoss:
@@ -131,8 +134,28 @@ def loss_model_for(model, training: TrainingConfig, runtime: Runtime) -> CausalL
     return loss_model
 
 
+def frozen_prefix_cache(model, loss_model: CausalLMLoss, training: TrainingConfig, runtime: Runtime,
+                        train_lengths) -> FrozenPrefixCache | None:
+    """The cache of the frozen lower layers' output, attached to `loss_model`, when `training.trainable_layers`
+    freezes some, nothing random runs in them, the store fits MAX_CACHE_BYTES, and the model is not sharded (FSDP
+    gathers layers in its own hooks); else None."""
+    if not (training.trainable_layers and training.frozen_layer_cache) or runtime.sharded:
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if random_in_training(base.config):
+        return None
+    layers = decoder_layers(base)
+    boundary = frozen_boundary(layers, base.get_input_embeddings())
+    width = int(base.config.hidden_size)
+    if boundary == 0 or (int(train_lengths.sum()) + 1) * width * 4 > MAX_CACHE_BYTES:
+        return None
+    cache = FrozenPrefixCache(layers, boundary, train_lengths, width)
+    loss_model.prefix_cache = cache
+    return cache
+
+
 def wrap_for_training(model, loss_model, optimizer, tokenizer, training: TrainingConfig,
-                      runtime: Runtime) -> Learner:
+                      runtime: Runtime, prefix_cache: FrozenPrefixCache | None = None) -> Learner:
     """The built (and possibly resumed) model, its loss model and the optimizer, made ready for the loop."""
     precision, speed = runtime.precision, runtime.speed
     lora_hooks = keep_lora_sums_fp32(model) if speed.fp32_lora_sums else []
@@ -147,7 +170,7 @@ def wrap_for_training(model, loss_model, optimizer, tokenizer, training: Trainin
     return Learner(model=model, tokenizer=tokenizer, loss_model=loss_model, optimizer=optimizer,
                    scaler=torch.amp.GradScaler(runtime.device.type, enabled=precision == "fp16"),
                    trainable=[p for p in model.parameters() if p.requires_grad], copies=copies,
-                   lora_hooks=lora_hooks, frozen_in_bf16=frozen_in_bf16)
+                   lora_hooks=lora_hooks, frozen_in_bf16=frozen_in_bf16, prefix_cache=prefix_cache)
 
 
 def unwrap_after_training(learner: Learner, model_cfg: ModelConfig) -> None:
