@@ -93,10 +93,10 @@ class TestDecision:
 
 
 class TestCorrection:
-    def test_checks_at_a_quarter_and_half_of_the_budget_that_are_still_ahead(self):
-        assert correction_times(600, 12.0) == [150.0, 300.0]
-        assert correction_times(600, 151.0) == [300.0]  # a resume past the first check keeps the second
-        assert correction_times(600, 300.0) == []
+    def test_checks_at_a_quarter_half_and_three_quarters_of_the_budget_that_are_still_ahead(self):
+        assert correction_times(600, 12.0) == [150.0, 300.0, 450.0]
+        assert correction_times(600, 151.0) == [300.0, 450.0]  # a resume past the first check keeps the others
+        assert correction_times(600, 450.0) == []
 
     def test_the_measure_between_checks_counts_logging_and_checkpoints_but_not_evaluations(self):
         # 30 s between the marks, 6 of them in two periodic evaluations (steps 20 and 30), 2000 tokens

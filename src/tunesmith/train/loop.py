@@ -243,9 +243,9 @@ def run_all_steps(run: Run, learner: Learner, state: TrainState, clock: Clock, m
     """The run's steps (`run_steps`), and the run with the length it had in the end.
 
     With `training.time_budget` the first steps run under the configured plan while timed; then the number of
-    steps is set so that the schedule ends at the budget (budget.py), checked again at a quarter and at half of
-    the budget against the time measured since, and the rest runs under that plan. A resume with the same budget
-    keeps the length decided before (`state.budget`), and the checks not yet passed.
+    steps is set so that the schedule ends at the budget (budget.py), checked again at a quarter, half and three
+    quarters of the budget against the time measured since, and the rest runs under that plan. A resume with the
+    same budget keeps the length decided before (`state.budget`), and the checks not yet passed.
     """
     budget_s = run.training.time_budget
     if budget_s is None:
