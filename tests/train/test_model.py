@@ -139,3 +139,19 @@ def tiny_model(folder):
     from tunesmith.models import load_model
 
     return load_model(ModelConfig(name=str(folder)), dtype=torch.float32)
+
+
+def test_lora_defaults_to_a_higher_rate_on_small_models_and_the_usual_one_on_large(make_run):
+    from tunesmith.config import learning_rate
+
+    # the usual 2e-4 learned no facts on SmolLM2-135M in 9 minutes; 1e-3 did (bench/README.md)
+    assert learning_rate(TrainingConfig(method="lora"), 135_000_000) == 1e-3
+    assert learning_rate(TrainingConfig(method="lora"), 7_000_000_000) == 2e-4
+    assert learning_rate(TrainingConfig(method="lora")) == 2e-4  # size unknown
+    assert learning_rate(TrainingConfig(method="qlora"), 135_000_000) == 2e-4
+    assert learning_rate(TrainingConfig(method="full"), 135_000_000) == 2e-5
+    assert learning_rate(TrainingConfig(method="lora", learning_rate=3e-4), 135_000_000) == 3e-4
+    # a run resolves it from the model's config file: the tiny model is small
+    config, paths = make_run("training.method=lora", "training.max_steps=1")
+    assert config.training.learning_rate is None
+    assert train_run(config, paths).summary["learning_rate"] == 1e-3

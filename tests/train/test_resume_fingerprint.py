@@ -57,7 +57,7 @@ class TestCheckpointFingerprint:
         ("training.batch_size=2", "training.batch_size: checkpoint 3, now 2"),
         ("training.seed=7", "training.seed: checkpoint 42, now 7"),
         ("training.gradient_accumulation_steps=2", "training.gradient_accumulation_steps: checkpoint 1, now 2"),
-        ("training.learning_rate=1e-3", "training.learning_rate: checkpoint 0.0002, now 0.001"),
+        ("training.learning_rate=5e-4", "training.learning_rate: checkpoint 0.001, now 0.0005"),
     ])
     def test_a_resume_with_a_changed_setting_is_refused_naming_it(self, make_run, override, expected):
         trained(make_run)

@@ -35,7 +35,7 @@ from tunesmith.config import (DataConfig, ModelConfig, SplitConfig, TemplateConf
 from tunesmith.errors import TrainingError
 from tunesmith.prepare.manifest import Manifest
 from tunesmith.runs import file_sha256
-from tunesmith.train.schedule import StepPlan, lr_at
+from tunesmith.train.schedule import StepPlan, lr_at, with_default_learning_rate
 
 FINGERPRINT_FILE = "fingerprint.json"
 """Beside `trainer_state.json` in each checkpoint folder."""
@@ -97,7 +97,7 @@ def config_trajectory(model_cfg: ModelConfig, data: DataConfig, template: Templa
         if path is None or Path(path).exists():
             identity[key] = file_sha256(path) if path else None
     precision = None if training.precision == "auto" else training.precision
-    return trajectory(model_cfg, training, identity, world_size, precision)
+    return trajectory(model_cfg, with_default_learning_rate(training, model_cfg), identity, world_size, precision)
 
 
 def read_fingerprint(folder: Path) -> dict | None:

@@ -74,7 +74,7 @@ from tunesmith.train.model import (
     wrap_for_training,
 )
 from tunesmith.train.optim import apply_gradients, build_optimizer, set_learning_rate
-from tunesmith.train.schedule import StepPlan, plan_steps, step_examples, warmup_steps
+from tunesmith.train.schedule import StepPlan, plan_steps, step_examples, warmup_steps, with_default_learning_rate
 from tunesmith.train.speed import speed_choices
 from tunesmith.train.state import Clock, TrainResult, TrainState
 from tunesmith.train.stopping import RunStatus, StopSignal
@@ -136,6 +136,7 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, tem
         TrainingError: non-finite loss (naming the step), a failed write, nothing to resume, QLoRA without a GPU.
         ModelError: the model cannot be loaded.
     """
+    training = with_default_learning_rate(training, model_cfg)
     runtime = setup(training)
     data = load_data(paths, runtime.world)
     plan = plan_steps(training, len(data.train), runtime.world)

@@ -2,7 +2,8 @@
 
 Nothing here keeps state (the epoch's order is cached, a pure function's result): the learning rate is a function
 of the step, the data order a function of seed and epoch, so a run resumed at step k takes exactly the steps an
-uninterrupted run takes from k on, with no scheduler or sampler state in the checkpoint.
+uninterrupted run takes from k on, with no scheduler or sampler state in the checkpoint. The one function that
+reads a file: `with_default_learning_rate`, which sizes the model from its config to pick the default peak rate.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from tunesmith.config import TrainingConfig, learning_rate
+from tunesmith.config import ModelConfig, TrainingConfig, learning_rate
+from tunesmith.errors import ConfigError, ModelError
 
 
 def warmup_steps(training: TrainingConfig, total_steps: int) -> int:
@@ -112,3 +114,19 @@ def plan_steps(training: TrainingConfig, num_examples: int, world_size: int) -> 
     return StepPlan(epoch_steps=epoch_steps, total_steps=total_steps,
                     warmup_steps=warmup_steps(training, total_steps), peak_lr=learning_rate(training),
                     schedule=training.lr_scheduler)
+
+
+def with_default_learning_rate(training: TrainingConfig, model_cfg: ModelConfig) -> TrainingConfig:
+    """`training` with its learning rate set: the configured one, or the default for the method and the model's
+    size (`config.learning_rate`), read from the model's config file, so the schedule, the fingerprint and the
+    summary all see the rate the run uses."""
+    if training.learning_rate is not None:
+        return training
+    from tunesmith.models import load_model_config
+    from tunesmith.train.plan import ModelShape
+
+    try:
+        params = ModelShape.from_config(load_model_config(model_cfg)).total_params
+    except (ConfigError, ModelError):
+        params = None  # not a decoder-only config tunesmith can size: the usual rate; loading reports the rest
+    return training.model_copy(update={"learning_rate": learning_rate(training, params)})
