@@ -13,9 +13,8 @@ from tunesmith.modeling.frozen_prefix import FrozenPrefixCache, frozen_boundary,
 from tunesmith.modeling.losses import CausalLMLoss
 from tunesmith.modeling.packing import register_packed_attention
 from tunesmith.models import decoder_layers, freeze_lower_layers
-from tunesmith.prepare.tokenization import IGNORE_INDEX
+from test_logit_scaling import VOCAB, examples
 
-VOCAB = 96
 SMALL = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
          "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
@@ -37,16 +36,6 @@ def family(name: str):
             if p.ndim >= 2:
                 p.normal_(0, 0.2)
     return model
-
-
-def examples(n: int = 5) -> list[dict]:
-    generator = torch.Generator().manual_seed(1)
-    out = []
-    for i in range(n):
-        length = 6 + 3 * i
-        ids = torch.randint(3, VOCAB, (length,), generator=generator).tolist()
-        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (length // 2) + ids[length // 2:]})
-    return out
 
 
 def cached_loss_model(model):
