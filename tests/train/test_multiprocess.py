@@ -123,3 +123,31 @@ def test_two_processes_train_lora_in_bf16_with_the_base_stored_in_bf16(tmp_path,
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
     assert {w.dtype for w in weights[0].values()} == {torch.float32}
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_frozen_layer_cache_train_as_without_it(tmp_path, tiny_model_dir):
+    """Under DDP each process keeps the frozen layers' output of the examples it is given; the losses match a
+    two-process run that computes them every step."""
+    write_qa(tmp_path / "qa.jsonl")
+    runs = {}
+    for on in (True, False):
+        config_file = tmp_path / f"cache-{on}.yaml"
+        config_file.write_text(
+            f"model: {{name: {tiny_model_dir}}}\ndata: {{path: qa.jsonl}}\nsplit: {{test_size: 2}}\n"
+            f"training: {{method: full, trainable_layers: 1, frozen_layer_cache: {str(on).lower()}, max_steps: 8, "
+            f"batch_size: 2, precision: fp32, learning_rate: 0.01, num_threads: 1}}\n"
+            f"output: {{runs_dir: {tmp_path / 'runs'}, name: cache-{on}}}\n")
+        launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                   "--nproc_per_node=2", "-m", "tunesmith", "train", str(config_file)],
+                                  capture_output=True, text=True, timeout=180,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert launched.returncode == 0, launched.stderr[-3000:]
+        run = tmp_path / "runs" / f"cache-{on}"
+        runs[on] = (json.loads((run / "train_summary.json").read_text()),
+                    [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                     if '"loss"' in line])
+    (summary_on, losses_on), (summary_off, losses_off) = runs[True], runs[False]
+    assert summary_on["processes"] == 2 and summary_on["frozen_layer_cache"]["batches_skipped"] > 0
+    assert "frozen_layer_cache" not in summary_off
+    assert losses_on == pytest.approx(losses_off, rel=1e-4)

@@ -98,9 +98,14 @@ def browser(tmp_path):
 
 
 def wait_for(driver, condition, timeout: float = 120, what: str = ""):
+    """Poll `condition` until it holds. An element replaced while it was read (a page still rendering: a suite
+    run once read the report's body as it was swapped) is read again at the next poll, not a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message=what)
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: condition(d),
+                                                                                      message=what)
 
 
 def text(driver, element_id: str) -> str:
