@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tunesmith.modeling.batches import make_batch
-from tunesmith.modeling.frozen_prefix import FrozenPrefixCache, frozen_boundary, random_in_training
+from tunesmith.modeling.frozen_prefix import (MAX_CACHE_BYTES, FrozenPrefixCache, frozen_boundary,
+                                              random_in_training, store_fits)
 from tunesmith.modeling.losses import CausalLMLoss
 from tunesmith.modeling.packing import register_packed_attention
 from tunesmith.models import decoder_layers, freeze_lower_layers
@@ -113,6 +114,12 @@ def test_the_boundary_is_the_first_layer_with_a_trained_weight_and_none_when_the
     assert frozen_boundary(layers, model.get_input_embeddings()) == 1
     model.get_input_embeddings().weight.requires_grad_(True)
     assert frozen_boundary(layers, model.get_input_embeddings()) == 0
+
+
+def test_a_store_over_the_limit_is_refused():
+    width = 576  # SmolLM2-135M: 2 GiB hold ~932k tokens of fp32 rows
+    tokens = MAX_CACHE_BYTES // (width * 4)
+    assert store_fits(np.array([tokens - 1]), width) and not store_fits(np.array([tokens, 1]), width)
 
 
 def test_dropout_in_the_model_config_is_named():

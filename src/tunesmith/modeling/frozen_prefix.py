@@ -30,6 +30,12 @@ MAX_CACHE_BYTES = 2 * 1024**3
 """The store's limit: a run whose frozen outputs would take more (tokens x width x 4 bytes) trains without it."""
 
 
+def store_fits(lengths: np.ndarray, width: int) -> bool:
+    """Whether the store for examples of these lengths (one fp32 row a token, and the padding row) stays within
+    MAX_CACHE_BYTES."""
+    return (int(np.sum(lengths)) + 1) * width * 4 <= MAX_CACHE_BYTES
+
+
 class FrozenPrefixCache:
     """The output of the frozen layers `layers[:boundary]` for every training token, filled as examples are
     first seen (`applied`), and used when all of a micro-batch's tokens are in."""

@@ -9,9 +9,9 @@ pure function of the step and the run completes its schedule.
 A few steps predict the rest badly in both directions: on the tiny model the probe's 0.03 s steps became 0.05 s
 once logging and evaluations ran between them (a 20 s budget took 33 s), and on long varied rows the first steps
 were a third slower than later ones (a 9-minute run ended 19% early). So the length is checked again at a
-quarter, at half and at three quarters of the budget (`CORRECT_AT`) against everything timed since the last check, steps and
-evaluations alike, and changed when it is off by more than `CORRECT_ABOVE`: the schedule bends a little there,
-and the run still ends its schedule at the budget.
+quarter, at half and at three quarters of the budget (`CORRECT_AT`) against everything timed since the last
+check, steps and evaluations alike, and changed when it is off by more than `CORRECT_ABOVE`: the schedule bends
+a little there, and the run still ends its schedule at the budget.
 
 Pure functions of figures the loop hands in, and one small timer whose clock can be replaced (tests use a fake).
 

@@ -151,7 +151,7 @@ def train(paths: RunPaths, model_cfg: ModelConfig, training: TrainingConfig, tem
         loss_model = loss_model_for(model, training, run.runtime)  # sharded first: the optimizer holds the shards
         optimizer = build_optimizer(model, training, run.plan.peak_lr)
         state = resume_or_start(run, model, optimizer, resume)
-        prefix_cache = frozen_prefix_cache(model, loss_model, training, run.runtime, data.train.lengths())
+        prefix_cache = frozen_prefix_cache(loss_model, training, run.runtime, data.train.lengths())
         learner = wrap_for_training(model, loss_model, optimizer, tokenizer, training, run.runtime, prefix_cache)
 
         metrics = read_jsonl(paths.metrics)
@@ -293,8 +293,9 @@ def run_all_steps(run: Run, learner: Learner, state: TrainState, clock: Clock, m
     return run, run_steps(run, learner, state, clock, metrics, stop)
 
 
-def agreed(run: Run, value: bool) -> bool:
-    """The main process's answer, for every process (rank 0 decides when the steps were timed enough)."""
+def agreed(run: Run, value):
+    """The main process's value, for every process (rank 0 decides when the steps were timed enough, and the
+    budget's length)."""
     return gather_objects(value)[0] if run.runtime.world > 1 else value
 
 
@@ -328,7 +329,7 @@ def decide_budget(run: Run, state: TrainState, clock: Clock, s_per_token: float,
     decision = decide_steps(run.training.time_budget, clock.elapsed(), state.step, s_per_token,
                             tokens_per_step(run), int(test_lengths.sum()) if len(test_lengths) else 0,
                             run.training.eval_every_steps, run.plan.epoch_steps, measured_steps, eval_s)
-    return gather_objects(decision)[0] if run.runtime.world > 1 else decision
+    return agreed(run, decision)
 
 
 def tokens_per_step(run: Run) -> float:

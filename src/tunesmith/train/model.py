@@ -10,7 +10,7 @@ import torch
 
 from tunesmith.config import ModelConfig, TrainingConfig
 from tunesmith.errors import TrainingError
-from tunesmith.modeling.frozen_prefix import MAX_CACHE_BYTES, FrozenPrefixCache, frozen_boundary, random_in_training
+from tunesmith.modeling.frozen_prefix import FrozenPrefixCache, frozen_boundary, random_in_training, store_fits
 from tunesmith.modeling.losses import CausalLMLoss
 from tunesmith.modeling.packing import register_packed_attention
 from tunesmith.models import apply_lora, decoder_layers, freeze_lower_layers, load_causal_lm, load_model
@@ -134,20 +134,20 @@ def loss_model_for(model, training: TrainingConfig, runtime: Runtime) -> CausalL
     return loss_model
 
 
-def frozen_prefix_cache(model, loss_model: CausalLMLoss, training: TrainingConfig, runtime: Runtime,
+def frozen_prefix_cache(loss_model: CausalLMLoss, training: TrainingConfig, runtime: Runtime,
                         train_lengths) -> FrozenPrefixCache | None:
     """The cache of the frozen lower layers' output, attached to `loss_model`, when `training.trainable_layers`
-    freezes some, nothing random runs in them, the store fits MAX_CACHE_BYTES, and the model is not sharded (FSDP
+    freezes some, nothing random runs in them, the store fits (`store_fits`), and the model is not sharded (FSDP
     gathers layers in its own hooks); else None."""
     if not (training.trainable_layers and training.frozen_layer_cache) or runtime.sharded:
         return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = loss_model.causal_lm()
     if random_in_training(base.config):
         return None
     layers = decoder_layers(base)
     boundary = frozen_boundary(layers, base.get_input_embeddings())
     width = int(base.config.hidden_size)
-    if boundary == 0 or (int(train_lengths.sum()) + 1) * width * 4 > MAX_CACHE_BYTES:
+    if boundary == 0 or not store_fits(train_lengths, width):
         return None
     cache = FrozenPrefixCache(layers, boundary, train_lengths, width)
     loss_model.prefix_cache = cache
