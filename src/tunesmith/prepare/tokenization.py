@@ -30,6 +30,7 @@ from tunesmith.data import Record
 from tunesmith.data.lengths import kept_window
 from tunesmith.data.text import percentile
 from tunesmith.prepare.templates import Segment, render_prompt, render_segments, resolve_template_name
+from tunesmith.prepare.word_encoder import WordEncoder, word_encoder
 
 __all__ = ["IGNORE_INDEX", "MaskingStrategy", "Measured", "TokenizedRecord", "build_example", "encode_prompt",
            "encode_record", "encode_texts", "full_example", "group_pieces", "has_loss", "max_length_note",
@@ -95,8 +96,14 @@ def special_prefix(tokenizer) -> list[int]:
 
 
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """The ids of each text, without special tokens; the tokenizer's own batch encode, so it runs without the GIL
-    (a thread can overlap it with Python work) and on the tokenizer's threads when `TOKENIZERS_PARALLELISM` allows.
+    """The ids of each text, without special tokens, exactly as the tokenizer gives them.
+
+    Fastest first: each text cut at the tokenizer's special tokens, every distinct part between them encoded once
+    a batch (`_PieceSplit`), by the word-cache encoder where it reproduces the tokenizer
+    (`tunesmith.prepare.word_encoder`), else by the tokenizer's own batch encode, which runs without the GIL and
+    on the tokenizer's threads when `TOKENIZERS_PARALLELISM` allows. The first `VERIFIED_TEXTS` texts per
+    tokenizer and `SPOT_CHECKED` of every call are compared with the tokenizer's encode of the whole text; a
+    difference drops the shortcut that made it for good and encodes the call again without it.
 
     ["Hi", "4<|im_end|>"] -> [[26843], [36, 2]]   (SmolLM2)
     """
@@ -107,21 +114,38 @@ def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
         # verbose=False: long examples are expected here and are truncated later, by our own rules.
         return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     pieces = _pieces_for(tokenizer, backend)
-    split = pieces.split  # once: another thread may turn it off meanwhile
+    split, words = pieces.split, pieces.words  # once: another thread may turn them off meanwhile
     if split is None or getattr(backend, "encode_special_tokens", False):  # special tokens read as plain text
         return _encode_whole(backend, texts)
-    encoded = _encode_by_pieces(backend, split, pieces.ids, texts)
-    if pieces.verified < VERIFIED_TEXTS:
-        whole = _encode_whole(backend, texts[:VERIFIED_TEXTS - pieces.verified])
-        if encoded[:len(whole)] != whole:
+    encoded = _encode_by_pieces(backend, split, pieces.ids, words, texts)
+    checked = _checked_positions(len(texts), pieces.verified, words is not None)
+    if [encoded[i] for i in checked] != _encode_whole(backend, [texts[i] for i in checked]):
+        if words is not None:
+            pieces.words = None
+        else:
             pieces.split = None
-            return _encode_whole(backend, texts)
-        pieces.verified += len(whole)
+        return encode_texts(tokenizer, texts)
+    pieces.verified += len(texts)
     return encoded
 
 
 VERIFIED_TEXTS = 64
 """Texts per tokenizer encoded both whole and by pieces, before the pieces alone are trusted (`_PieceSplit`)."""
+
+SPOT_CHECKED = 4
+"""Texts of every `encode_texts` call compared with the tokenizer's own encode while the word encoder is used."""
+
+
+def _checked_positions(count: int, verified: int, spot_check: bool) -> list[int]:
+    """Which of `count` texts `encode_texts` compares: the ones still among the tokenizer's first `VERIFIED_TEXTS`,
+    and `SPOT_CHECKED` spread over the call when the word encoder made them.
+
+    >>> _checked_positions(10, 60, False), _checked_positions(100, 64, True)
+    ([0, 1, 2, 3], [0, 25, 50, 75])
+    """
+    first = set(range(min(count, max(0, VERIFIED_TEXTS - verified))))
+    spots = set(range(0, count, max(1, count // SPOT_CHECKED))[:SPOT_CHECKED]) if spot_check else set()
+    return sorted(first | spots)
 
 
 @dataclass
@@ -138,6 +162,10 @@ class _PieceSplit:
     split: Callable[[str], list[str]] | None
     """`re.split` with the special tokens captured: [text, token, text, ...]; None: encode whole texts."""
     ids: dict[str, int]
+    words: WordEncoder | None = None
+    """Encodes the parts between special tokens when it reproduces the tokenizer; None: the tokenizer does."""
+    vocabulary: int = 0
+    """The tokenizer's size with its added tokens when this was made: a token added since makes it anew."""
     verified: int = 0
 
 
@@ -146,26 +174,40 @@ _piece_splits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _pieces_for(tokenizer, backend) -> _PieceSplit:
     """The tokenizer's `_PieceSplit`, made once: its special tokens that match exactly as written (not normalized,
-    no whitespace stripped around them, not only as whole words). A token added later is no cut, so its text is
-    left to the tokenizer: the ids stay right."""
-    if tokenizer not in _piece_splits:
+    no whitespace stripped around them, not only as whole words), made again when tokens were added since."""
+    size = backend.get_vocab_size(with_added_tokens=True)
+    if tokenizer not in _piece_splits or _piece_splits[tokenizer].vocabulary != size:
         added = getattr(backend, "get_added_tokens_decoder", dict)().values()
         exact = {t.content: backend.token_to_id(t.content) for t in added
                  if t.content and not (t.normalized or t.lstrip or t.rstrip or t.single_word)}
         pattern = "(" + "|".join(re.escape(c) for c in sorted(exact, key=len, reverse=True)) + ")"
-        _piece_splits[tokenizer] = _PieceSplit(re.compile(pattern).split if exact else None, exact)
+        _piece_splits[tokenizer] = _PieceSplit(re.compile(pattern).split if exact else None, exact,
+                                               word_encoder(backend, set(exact)) if exact else None, size)
     return _piece_splits[tokenizer]
 
 
 def _encode_whole(backend, texts: list[str]) -> list[list[int]]:
     # The Rust tokenizer's batch encode itself: the same ids as tokenizer(texts) without building a Python encoding
     # object per text; the fast variant skips the character offsets, which nothing here reads.
+    if not texts:
+        return []
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
     return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
 
 
+def _encode_parts(backend, words: WordEncoder | None, parts: list[str]) -> list[list[int]]:
+    """The ids of texts holding no special token: by `words` where it takes them, the rest by the tokenizer."""
+    if words is None:
+        return _encode_whole(backend, parts)
+    encoded = words.encode(parts)
+    others = [i for i, ids in enumerate(encoded) if ids is None]
+    for i, ids in zip(others, _encode_whole(backend, [parts[i] for i in others])):
+        encoded[i] = ids
+    return encoded
+
+
 def _encode_by_pieces(backend, split: Callable[[str], list[str]], special: dict[str, int],
-                      texts: list[str]) -> list[list[int]]:
+                      words: WordEncoder | None, texts: list[str]) -> list[list[int]]:
     """Each text's ids from its parts: special tokens by their id, each distinct part between them encoded once.
 
     ["<|im_start|>user\nHi", "<|im_start|>user\nHo"] encodes "user\nHi" and "user\nHo", and no
@@ -173,7 +215,7 @@ def _encode_by_pieces(backend, split: Callable[[str], list[str]], special: dict[
     """
     parts = [split(text) for text in texts]
     distinct = list(dict.fromkeys(p for cut in parts for p in cut[::2] if p))
-    ids_of = dict(zip(distinct, _encode_whole(backend, distinct)))
+    ids_of = dict(zip(distinct, _encode_parts(backend, words, distinct)))
     encoded = []
     for cut in parts:
         ids = list(ids_of[cut[0]]) if cut[0] else []
