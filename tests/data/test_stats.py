@@ -151,3 +151,24 @@ def test_tool_use_is_counted():
     found = compute_stats(records, [(5, 2), (3, 1)]).tool_use
     assert (found.records_with_tools, found.records_with_calls, found.call_turns, found.calls, found.tool_turns) == \
         (1, 1, 1, 2, 2)
+
+
+MARKER_TEXTS = ["### Instruction:\nx", "###Question :", "<|im_start|>user", "a <|im_end|>", "[INST] hi [/INST]",
+                "<<SYS>>", "<</SYS>>", "<|user|>", "<|assistant|>", "<|start_header_id|>", "<|eot_id|>",
+                "<start_of_turn>user", "<end_of_turn>", "<|endoftext|>", "<s>", "</s>", "Human: hi",
+                "x\nassistant: yes", "HUMAN:", " Human: not at a line start", "plain text", "a < b and c > d",
+                "[1] a citation", "# a heading", "### no colon", "Human : spaced", "<S>", "<|IM_START|>", ""]
+
+
+def test_has_marker_finds_what_one_search_for_every_marker_finds():
+    """The bracketed markers are searched for only in texts holding `#`, `<` or `[`; that finds exactly what one
+    search with all of them finds."""
+    import re
+
+    from tunesmith.data.stats import TEMPLATE_MARKERS, has_marker
+
+    every = re.compile("|".join(f"(?:{p.pattern})" for p in TEMPLATE_MARKERS.values()), re.IGNORECASE | re.MULTILINE)
+    texts = MARKER_TEXTS + [f"before {t} after" for t in MARKER_TEXTS] + [f"line\n{t}" for t in MARKER_TEXTS]
+    found = [has_marker(t) for t in texts]
+    assert found == [every.search(t) is not None for t in texts]
+    assert sum(found) > len(texts) / 2 and not all(found)  # both answers occur
