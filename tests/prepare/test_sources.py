@@ -127,3 +127,31 @@ def test_inspect_compares_several_files(files, tiny_model_dir, capsys):
     out = capsys.readouterr().out
     rows = {Path(line.split()[0]).name: line.split() for line in out.splitlines()[-2:]}
     assert rows["general.jsonl"][1:3] == ["400", "80.0%"] and rows["mine.jsonl"][1:3] == ["100", "20.0%"]
+
+
+@pytest.mark.parametrize("first_rows", ["same shape", "another shape"])
+def test_validation_beside_detection_finds_what_one_process_finds(tmp_path, monkeypatch, first_rows):
+    """A large file is validated in a forked process while this one detects its shape, as the shape of its first
+    rows: the same scan as validating after detection, also when the whole file's shape is another (validated
+    again here) and with invalid rows among them."""
+    from tunesmith.config import DataConfig
+    from tunesmith.data import sources
+
+    rows = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(60)] + [{"question": "no answer"}]
+    if first_rows == "another shape":  # alpaca first, but most rows are qa
+        rows = [{"instruction": f"Do {i}", "output": f"Done {i}."} for i in range(5)] + rows
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n", encoding="utf-8")
+    data = DataConfig(path=str(path), on_error="skip")
+    monkeypatch.setattr(sources, "CHUNK_RECORDS", 8)
+    monkeypatch.setattr(sources, "PARALLEL_SCAN_BYTES", 1 << 40)
+    alone = sources.scan_file(str(path), data)
+    monkeypatch.setattr(sources, "PARALLEL_SCAN_BYTES", 0)
+    monkeypatch.setattr(sources.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert sources._scans_in_parallel(str(path), data)
+    beside = sources.scan_file(str(path), data)
+    assert (beside.shape, beside.total, beside.form, beside.carried) == (alone.shape, alone.total, alone.form,
+                                                                         alone.carried) == (
+        "qa", len(rows) + 1, None, 0)
+    assert [str(r.problem) for r in beside.rejected] == [str(r.problem) for r in alone.rejected]
+    assert len(alone.rejected) == 2 + (5 if first_rows == "another shape" else 0)

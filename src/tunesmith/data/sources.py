@@ -1,8 +1,9 @@
 """Training data from one file (`data.path`) or several mixed by weight (`data.sources`), read as a stream.
 
 A file is read three times instead of being held as a million Python objects: once to detect its shape (from all
-rows; not when `data.shape` is given), once to validate every record (and count the baked-in templates), once to
-hand the valid records, stripped, to tokenization. Only the rejected records and a few counters stay in memory.
+rows; not when `data.shape` is given), once to validate every record (and count the baked-in templates; a large
+file's in a forked process, at the same time as the first), once to hand the valid records, stripped, to
+tokenization. Only the rejected records and a few counters stay in memory.
 
 Mixing (`mixed_counts`): without weights every record of every source is used. With weights, the weights set each
 source's share of the mixed training set, and no record is repeated: the source that is scarcest for its weight is
@@ -14,8 +15,10 @@ source first.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -26,7 +29,7 @@ from tunesmith.data.records import Record
 from tunesmith.data.shapes import columns_for, detect_shape
 from tunesmith.data.strip import Stripped, baked_form, is_stripped, strip_record
 from tunesmith.data.validate import Rejected, refuse_invalid, to_records
-from tunesmith.errors import DataError, DataProblem
+from tunesmith.errors import DataError, DataProblem, TunesmithError
 
 __all__ = ["ScannedFile", "StripTally", "mixed_counts", "sample_indices", "scan_file", "source_data", "source_list",
            "strip_plan", "stripped_summary"]
@@ -132,8 +135,72 @@ class ScannedFile:
                 yield stripped
 
 
+PARALLEL_SCAN_BYTES = 16 << 20
+"""Files from this size are validated in a forked process while this one detects their shape (`scan_file`)."""
+
+
+@dataclass
+class _Validation:
+    """What validating every row of a file as one shape found."""
+
+    total: int
+    rejected: list[Rejected]
+    form: str | None
+    carried: int
+
+
+def _validate(file: str, data: DataConfig, shape: str) -> _Validation:
+    """Every row of `file` converted and checked as `shape`: the rows, the rejected (in line order), and the
+    baked-in template form most prompts carry (`tunesmith.data.strip.baked_form`)."""
+    columns = columns_for(shape, data)
+    total, rejected = 0, []
+
+    def valid_records() -> Iterator[Record]:
+        nonlocal total
+        for chunk in _chunks(iter_rows(file, data.max_record_bytes), CHUNK_RECORDS):
+            total += len(chunk)
+            rejected.extend(Rejected(r.problem) for r in chunk if r.problem is not None)
+            good = [r for r in chunk if r.problem is None]
+            records, bad = to_records([r.data for r in good], shape, columns, file, [r.line for r in good])
+            rejected.extend(bad)
+            yield from records
+
+    form, carried = baked_form(valid_records())
+    return _Validation(total, sorted(rejected, key=lambda r: r.problem.line or 0), form, carried)
+
+
+def _validate_in_worker(file: str, data: DataConfig, shape: str) -> _Validation | None:
+    """`_validate` in a worker process; None on a typed error (not all survive pickling), which the parent then
+    meets itself."""
+    try:
+        return _validate(file, data, shape)
+    except TunesmithError:
+        return None
+
+
+def _first_shape(file: str, data: DataConfig) -> str | None:
+    """The shape of the file's first `CHUNK_RECORDS` rows, or None when none of them fits one."""
+    good = [r.data for r in islice(iter_rows(file, data.max_record_bytes), CHUNK_RECORDS) if r.problem is None]
+    try:
+        return detect_shape(good, data, file=file)[0] if good else None
+    except DataError:
+        return None
+
+
+def _scans_in_parallel(file: str, data: DataConfig) -> bool:
+    """Whether validation of `file` runs beside shape detection: a large file whose shape is detected, and a second
+    core to run it on (Linux, where `multiprocessing` forks)."""
+    path = Path(file)
+    return (data.shape == "auto" and path.is_file() and path.stat().st_size >= PARALLEL_SCAN_BYTES
+            and hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1)
+
+
 def scan_file(path: str, data: DataConfig) -> ScannedFile:
     """Detect the shape of a file from all its rows and validate every record, holding only the rejected.
+
+    Both passes read and parse the whole file, so for a large one (`PARALLEL_SCAN_BYTES`) validation runs in a
+    forked process at the same time, as the shape of the file's first rows; when the whole file's shape turns out
+    different, it runs again here as that one.
 
     Raises:
         DataError: the file is unreadable, its shape unknown, no record in it is valid, or `data.on_error` does not
@@ -144,21 +211,20 @@ def scan_file(path: str, data: DataConfig) -> ScannedFile:
     if data.shape == "auto" and not rows:
         raise DataError([r.problem for r in iter_rows(file, data.max_record_bytes) if r.problem]
                         or [DataProblem(file, None, None, "no records to read (the file is empty)")])
-    shape, reason = detect_shape(rows, data, file=file)
-    scanned = ScannedFile(file, data, shape, reason, total=0)
-    columns = columns_for(shape, data)
+    guess = _first_shape(file, data) if _scans_in_parallel(file, data) else None
+    validation = None
+    if guess is None:
+        shape, reason = detect_shape(rows, data, file=file)
+    else:
+        import multiprocessing
 
-    def valid_records() -> Iterator[Record]:
-        for chunk in _chunks(iter_rows(file, data.max_record_bytes), CHUNK_RECORDS):
-            scanned.total += len(chunk)
-            scanned.rejected += [Rejected(r.problem) for r in chunk if r.problem is not None]
-            good = [r for r in chunk if r.problem is None]
-            records, bad = to_records([r.data for r in good], shape, columns, file, [r.line for r in good])
-            scanned.rejected += bad
-            yield from records
-
-    scanned.form, scanned.carried = baked_form(valid_records())
-    scanned.rejected.sort(key=lambda r: r.problem.line or 0)
+        with multiprocessing.get_context("fork").Pool(1) as pool:  # leaving it stops a validation not needed
+            pending = pool.apply_async(_validate_in_worker, (file, data, guess))
+            shape, reason = detect_shape(rows, data, file=file)
+            validation = pending.get() if shape == guess else None
+    validation = validation or _validate(file, data, shape)
+    scanned = ScannedFile(file, data, shape, reason, total=validation.total, rejected=validation.rejected,
+                          form=validation.form, carried=validation.carried)
     if not scanned.valid:
         problems = scanned.skipped or [DataProblem(file, None, None, "no records to read (the file is empty)")]
         raise DataError(problems, hint=f"none of the {len(problems):,} records is valid: check data.shape and the "
