@@ -11,7 +11,7 @@ Acceptance (issue 16): training peak RSS at 1M within +10% of 10k; prepare of 1M
     .venv/bin/python bench/data_scale.py                     # 10k, 100k, 1M (about 5 minutes on an idle 2-core box)
     .venv/bin/python bench/data_scale.py --sizes 10000 100000
     .venv/bin/python bench/data_scale.py --steps-only data   # the trainer's data path without the model
-    .venv/bin/python bench/data_scale.py --sizes 1000000 --steps-only data --workers 2   # two tokenizing processes
+    .venv/bin/python bench/data_scale.py --sizes 1000000 --steps-only data --workers 1   # one tokenizing process
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def child_prepare(data: str, runs: str, model: str, workers: str, template: str)
     from tunesmith.prepare.pipeline import prepare
     from tunesmith.runs import create_run
 
-    spool.SPOOL_WORKERS = int(workers)
+    spool.SPOOL_WORKERS = int(workers) or None  # 0: as prepare decides (spool.spool_workers)
 
     config = load_config(None, [f"data.path={data}", f"model.name={model}", f"output.runs_dir={runs}",
                                 "output.name=scale", f"template.name={template}", "split.test_size=0.01"])
@@ -126,8 +126,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--steps-only", choices=["train", "data"], default="train",
                         help="train: 5 real steps of the tiny model; data: the trainer's data path alone")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes that render and tokenize in prepare (tunesmith.prepare.spool.SPOOL_WORKERS)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that render and tokenize in prepare (tunesmith.prepare.spool.SPOOL_WORKERS); "
+                             "0: as prepare decides (one per core from 20,000 records)")
     parser.add_argument("--template", default="auto",
                         help="template.name: auto (the tokenizer's chat template, the default) or qa, alpaca, ...")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)

@@ -16,6 +16,7 @@ import json
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from tunesmith.data.validate import AUTO_SKIP_PERCENT, Rejected
 from tunesmith.errors import ConfigError, DataError, RunError
 from tunesmith.prepare.manifest import MANIFEST_VERSION, Manifest
 from tunesmith.prepare.split import test_mask
-from tunesmith.prepare.spool import Spool, iter_records, windows, write_spool, write_split
+from tunesmith.prepare.spool import Spool, iter_records, spool_workers, windows, write_spool, write_split
 from tunesmith.prepare.templates import jinja_source
 from tunesmith.runs import RunPaths, file_sha256
 
@@ -286,8 +287,12 @@ def prepare(paths: RunPaths, model: ModelConfig, data: DataConfig, template: Tem
                                     "stripped": _stripped(scans, tallies, data.strip_template, template.name)})
         if drop_checkpoints:
             shutil.rmtree(paths.checkpoints, ignore_errors=True)
-        _save(paths, table, cuts, chosen, manifest)
-        atomic_write_json(paths.data_stats, data_statistics(spool, table, chosen, sources, tokenization, max_length))
+        with ThreadPoolExecutor(1, thread_name_prefix="tunesmith-stats") as pool:
+            # The statistics (Python) beside the save (numpy, Arrow and writes, mostly without the GIL), each with
+            # its own reader of the spool.
+            stats = pool.submit(data_statistics, spool, spool.table(), chosen, sources, tokenization, max_length)
+            _save(paths, table, cuts, chosen, manifest)
+            atomic_write_json(paths.data_stats, stats.result())
     return PrepareResult(paths, manifest, reused=False)
 
 
@@ -314,7 +319,8 @@ def _tokenize(path: Path, scans: list, setting: bool | str, tallies: list[StripT
 
     total = sum(f.valid for pair in scans for f in pair if f is not None)
     with tqdm(total=total, desc="tokenizing", unit="ex", disable=total < 5000, leave=False) as bar:
-        return write_spool(path, streams(), tokenizer, template, tokenization, seed, progress=bar)
+        return write_spool(path, streams(), tokenizer, template, tokenization, seed, progress=bar,
+                           workers=spool_workers(total))
 
 
 @dataclass(frozen=True)

@@ -31,16 +31,42 @@ from tunesmith.prepare.templates import Segment
 from tunesmith.prepare.tokenization import (IGNORE_INDEX, MaskingStrategy, encode_texts, render_records, segment_texts,
                                            special_prefix)
 
-__all__ = ["Spool", "SpoolReader", "Windows", "iter_records", "tokenizer_threads", "windows", "write_spool",
-           "write_split"]
+__all__ = ["Spool", "SpoolReader", "Windows", "iter_records", "spool_workers", "tokenizer_threads", "windows",
+           "write_spool", "write_split"]
 
 SPOOL_RECORDS = 4096
 """Records rendered, tokenized and written at a time; also the rows read back at a time."""
 
-SPOOL_WORKERS = 1
-"""Processes that render and tokenize (forked; 1: this process). Two wrote the same file but were measured no faster
-on the shared, loaded 2-core machine (18% more CPU for pickling the chunks); `bench/data_scale.py --workers 2`
-measures them on a quiet one."""
+SPOOL_COMPRESSION = "lz4"
+"""How the spool's record batches are compressed (Arrow IPC; None: not at all). The spool is written and read again
+within minutes, but on a disk that writes ~60 MB/s the kernel is still flushing 1.8 GB of it (a million records)
+while the splits are written, and the writers pay for that in system time; lz4 makes it ~3.5x smaller for ~5 s of
+CPU a million records."""
+
+SPOOL_WORKERS: int | None = None
+"""Processes that render and tokenize (forked; 1: this process); None: `spool_workers` decides from the data."""
+
+WORKERS_FROM_RECORDS = 20_000
+"""Records from which `spool_workers` forks workers: below it, starting them (~1 s) costs more than they save."""
+
+MAX_SPOOL_WORKERS = 4
+"""Workers at most: the parent reads, pickles and writes every chunk, which caps what more of them would gain."""
+
+
+def spool_workers(records: int) -> int:
+    """How many processes tokenize `records` records: `SPOOL_WORKERS` when set, else one per core this process may
+    use (at most `MAX_SPOOL_WORKERS`) from `WORKERS_FROM_RECORDS` records on Linux, where forking is what
+    `multiprocessing` does by default; one otherwise.
+
+    Measured at a million records on 2 cores (`bench/data_scale.py`): with the word encoder's Python encode, two
+    workers halve the tokenizing phase; the tokenizer's own threads did not, since the Python part of every chunk
+    then ran on one core.
+    """
+    if SPOOL_WORKERS is not None:
+        return SPOOL_WORKERS
+    if records < WORKERS_FROM_RECORDS or not hasattr(os, "sched_getaffinity"):
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_SPOOL_WORKERS))
 
 
 def _schema():
@@ -112,6 +138,37 @@ class SpoolReader:
         """Every record batch, in order."""
         for index in range(self._reader.num_record_batches):
             yield self._reader.get_batch(index)
+
+    def cut(self, rows: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple:
+        """Rows `rows` (in that order), row i cut to its tokens `start[i]:end[i]`: `input_ids` and `labels` as
+        list<int32> arrays, and the records as a string array.
+
+        The windows are copied straight out of each record batch's flat values with numpy, once per batch the rows
+        touch (an Arrow take of the list columns, then a cut, copies every token twice).
+        """
+        import pyarrow as pa
+
+        lengths = end - start
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        columns = {key: np.empty(int(offsets[-1]), dtype=np.int32) for key in ("input_ids", "labels")}
+        batch_of = np.searchsorted(self._starts, rows, side="right") - 1
+        records, positions = [], []
+        for index in np.unique(batch_of).tolist():
+            mine = np.flatnonzero(batch_of == index)
+            batch, local, count = self._batch(index), rows[mine] - self._starts[index], lengths[mine]
+            within = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+            for key, out in columns.items():
+                column = batch.column(key)
+                source = column.offsets.to_numpy()[local] + start[mine]
+                out[np.repeat(offsets[mine], count) + within] = column.values.to_numpy()[np.repeat(source, count) + within]
+            records.append(batch.column("record").take(pa.array(local)))
+            positions.append(mine)
+        list_offsets = pa.array(offsets.astype(np.int32))
+        ids, labels = (pa.ListArray.from_arrays(list_offsets, pa.array(columns[key])) for key in ("input_ids", "labels"))
+        if not records:
+            return ids, labels, pa.array([], type=pa.string())
+        order = np.argsort(np.concatenate(positions), kind="stable")
+        return ids, labels, pa.concat_arrays(records).take(pa.array(order))
 
     def take(self, rows: np.ndarray):
         """The rows `rows` (in that order) as one Arrow table."""
@@ -299,7 +356,7 @@ def write_spool(path: Path, streams: Iterable[tuple[int, bool, Iterator[Record]]
                 template: TemplateConfig, tokenization: TokenizationConfig, seed: int, progress=None,
                 workers: int | None = None) -> Spool:
     """Tokenize every record of `streams` ((source index, from a test file, records)) into the Arrow file `path`,
-    in `workers` processes (default `SPOOL_WORKERS`); the file is the same for any number of them.
+    in `workers` processes (default `SPOOL_WORKERS`, else 1); the file is the same for any number of them.
 
     Raises:
         ConfigError, DataError: a record the template cannot render.
@@ -318,9 +375,10 @@ def write_spool(path: Path, streams: Iterable[tuple[int, bool, Iterator[Record]]
                 origins.append((source, from_test_file))
                 yield chunk
 
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _schema()) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=SPOOL_COMPRESSION)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _schema(), options=options) as writer:
         settings = (tokenizer, template, tokenization, seed)
-        workers = SPOOL_WORKERS if workers is None else workers
+        workers = workers or SPOOL_WORKERS or 1
         for index, (batch, prompt, response, answer, keys, marked, kinds) in enumerate(
                 _batches(chunks(), settings, workers)):
             source, from_test_file = origins[index]
@@ -375,37 +433,79 @@ def windows(spool: Spool, table: SpoolReader, max_length: int, tokenization: Tok
     return Windows(start, end, loss)
 
 
-def _cut(column, start: np.ndarray, end: np.ndarray):
-    """Each list of `column` (one Arrow chunk) cut to its window, as a new list<int32> array."""
-    import pyarrow as pa
+def _lines(offsets: np.ndarray, data: np.ndarray) -> bytes:
+    """The strings `data[offsets[i]:offsets[i + 1]]`, each followed by a newline, as one block of bytes.
 
-    offsets = column.offsets.to_numpy()[:-1]
-    values = column.values.to_numpy()
-    lengths = end - start
-    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    gather = np.repeat(offsets + start - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
-    return pa.ListArray.from_arrays(pa.array(new_offsets), pa.array(values[gather], type=pa.int32()))
+    offsets [0, 2, 3], data b"abc" -> b"ab\\nc\\n"
+    """
+    data = data[offsets[0]:offsets[-1]]
+    offsets = offsets - offsets[0]
+    out = np.full(len(data) + len(offsets) - 1, ord("\n"), dtype=np.uint8)
+    text = np.ones(len(out), dtype=bool)
+    text[offsets[1:] + np.arange(len(offsets) - 1)] = False
+    out[text] = data
+    return out.tobytes()
 
 
 def write_split(folder: Path, name: str, table: SpoolReader, rows: np.ndarray, cuts: Windows) -> None:
     """Rows `rows` of the spool (in that order), truncated, as the `datasets` folder `folder/name` plus
     `folder/name_records.jsonl` with the records in the same order."""
     import pyarrow as pa
-    from datasets import Dataset
 
     schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
-    arrow = folder / f"{name}.arrow"
+    arrow = folder / name / DATA_FILE
+    arrow.parent.mkdir(parents=True)
     with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer, \
-            (folder / f"{name}_records.jsonl").open("w", encoding="utf-8") as records:
+            (folder / f"{name}_records.jsonl").open("wb") as records:
         for begin in range(0, len(rows), SPOOL_RECORDS):
             part = rows[begin:begin + SPOOL_RECORDS]
-            taken = table.take(part).combine_chunks()
-            start, end = cuts.start[part], cuts.end[part]
-            writer.write_batch(pa.record_batch([_cut(taken.column(key).chunks[0], start, end)
-                                                for key in ("input_ids", "labels")], schema=schema))
-            records.write("".join(line + "\n" for line in taken.column("record").to_pylist()))
-    Dataset.from_file(str(arrow)).save_to_disk(str(folder / name))
-    arrow.unlink()
+            ids, labels, texts = table.cut(part, cuts.start[part], cuts.end[part])
+            writer.write_batch(pa.record_batch([ids, labels], schema=schema))
+            _, offsets, data = texts.buffers()  # the strings' int32 offsets into their UTF-8 bytes
+            records.write(_lines(np.frombuffer(offsets, dtype=np.int32)[texts.offset:texts.offset + len(texts) + 1],
+                                 np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)))
+    _describe_dataset(arrow.parent, schema)
+
+
+DATA_FILE = "data-00000-of-00001.arrow"
+"""The one data file of a split's `datasets` folder, named as `Dataset.save_to_disk` names a single shard."""
+
+
+def _describe_dataset(folder: Path, schema) -> None:
+    """`state.json` and `dataset_info.json` beside the split's Arrow file, so `datasets.load_from_disk` opens the
+    folder as `save_to_disk` would have written it, without that copying the data once more (about a gigabyte a
+    million records, a quarter of prepare's writing). Checked by loading it; on any difference from what
+    `datasets` expects, `save_to_disk` rewrites the folder after all."""
+    import secrets
+
+    from datasets import Dataset, DatasetInfo, Features, load_from_disk
+
+    features = Features.from_arrow_schema(schema)
+    DatasetInfo(features=features).write_to_directory(str(folder))
+    state = {"_data_files": [{"filename": DATA_FILE}], "_fingerprint": secrets.token_hex(8), "_format_columns": None,
+             "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+    try:
+        loaded = load_from_disk(str(folder))
+        readable = loaded.features == features and len(loaded) == _stream_rows(folder / DATA_FILE)
+    except Exception:  # noqa: BLE001 - whatever datasets does not accept, save_to_disk writes instead
+        readable = False
+    if not readable:
+        aside = folder.with_name(folder.name + ".arrow")
+        (folder / DATA_FILE).rename(aside)
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+        Dataset.from_file(str(aside)).save_to_disk(str(folder))
+        aside.unlink()
+
+
+def _stream_rows(path: Path) -> int:
+    """Rows of an Arrow stream file, counted from its record batches without reading their data into memory."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
 
 
 def iter_records(table: SpoolReader, rows: np.ndarray) -> Iterator[Record]:
