@@ -151,7 +151,8 @@ def main() -> None:
             print(f"{size:>9,} records (load {load}): prepare {prepared['records_per_s']:>7,} records/s "
                   f"({prepared['seconds']} s wall, {prepared['cpu_s']} s CPU = {prepared['records_per_cpu_s']:,} "
                   f"records per CPU-second, {prepared['train_tokens']:,} train tokens), "
-                  f"prepare peak RSS {prepared['peak_rss_mib']:,} MiB; "
+                  f"prepare peak RSS {prepared['peak_rss_mib']:,} MiB (largest worker process "
+                  f"{prepared['worker_peak_rss_mib']:,} MiB); "
                   f"first 5 steps ({args.steps_only}) peak RSS {trained['peak_rss_mib']:,} MiB", flush=True)
         base = rows[0]["train"]["peak_rss_mib"]
         for row in rows[1:]:
