@@ -76,8 +76,9 @@ def test_a_folder_datasets_would_not_load_is_written_by_save_to_disk(written, tm
 
 
 def test_records_become_lines():
-    assert spool._lines(np.array([3, 5, 6]), np.frombuffer(b"xyzabc", dtype=np.uint8)) == b"ab\nc\n"
-    assert spool._lines(np.array([0]), np.zeros(0, dtype=np.uint8)) == b""
+    assert spool._lines(pa.array(["xyz", "ab", "c"]).slice(1)) == b"ab\nc\n"
+    assert spool._lines(pa.array(["", "é"])) == "\né\n".encode()
+    assert spool._lines(pa.array([], type=pa.string())) == b""
 
 
 def test_worker_processes_come_with_records_and_cores(monkeypatch):

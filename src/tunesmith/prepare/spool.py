@@ -433,16 +433,22 @@ def windows(spool: Spool, table: SpoolReader, max_length: int, tokenization: Tok
     return Windows(start, end, loss)
 
 
-def _lines(offsets: np.ndarray, data: np.ndarray) -> bytes:
-    """The strings `data[offsets[i]:offsets[i + 1]]`, each followed by a newline, as one block of bytes.
+def _lines(strings) -> bytes:
+    """The strings of an Arrow string array, each followed by a newline, as one block of bytes, made from the
+    array's own buffers (no Python string a record).
 
-    offsets [0, 2, 3], data b"abc" -> b"ab\\nc\\n"
+    ["ab", "c"] -> b"ab\\nc\\n"
     """
-    data = data[offsets[0]:offsets[-1]]
+    _, offset_buffer, data_buffer = strings.buffers()
+    if not len(strings):
+        return b""
+    offsets = np.frombuffer(offset_buffer, dtype=np.int32)[strings.offset:strings.offset + len(strings) + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0]:offsets[-1]] if data_buffer is not None else \
+        np.zeros(0, dtype=np.uint8)
     offsets = offsets - offsets[0]
-    out = np.full(len(data) + len(offsets) - 1, ord("\n"), dtype=np.uint8)
+    out = np.full(len(data) + len(strings), ord("\n"), dtype=np.uint8)
     text = np.ones(len(out), dtype=bool)
-    text[offsets[1:] + np.arange(len(offsets) - 1)] = False
+    text[offsets[1:] + np.arange(len(strings))] = False
     out[text] = data
     return out.tobytes()
 
@@ -461,17 +467,15 @@ def write_split(folder: Path, name: str, table: SpoolReader, rows: np.ndarray, c
             part = rows[begin:begin + SPOOL_RECORDS]
             ids, labels, texts = table.cut(part, cuts.start[part], cuts.end[part])
             writer.write_batch(pa.record_batch([ids, labels], schema=schema))
-            _, offsets, data = texts.buffers()  # the strings' int32 offsets into their UTF-8 bytes
-            records.write(_lines(np.frombuffer(offsets, dtype=np.int32)[texts.offset:texts.offset + len(texts) + 1],
-                                 np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)))
-    _describe_dataset(arrow.parent, schema)
+            records.write(_lines(texts))
+    _describe_dataset(arrow.parent, schema, len(rows))
 
 
 DATA_FILE = "data-00000-of-00001.arrow"
 """The one data file of a split's `datasets` folder, named as `Dataset.save_to_disk` names a single shard."""
 
 
-def _describe_dataset(folder: Path, schema) -> None:
+def _describe_dataset(folder: Path, schema, rows: int) -> None:
     """`state.json` and `dataset_info.json` beside the split's Arrow file, so `datasets.load_from_disk` opens the
     folder as `save_to_disk` would have written it, without that copying the data once more (about a gigabyte a
     million records, a quarter of prepare's writing). Checked by loading it; on any difference from what
@@ -487,7 +491,7 @@ def _describe_dataset(folder: Path, schema) -> None:
     (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
     try:
         loaded = load_from_disk(str(folder))
-        readable = loaded.features == features and len(loaded) == _stream_rows(folder / DATA_FILE)
+        readable = loaded.features == features and len(loaded) == rows
     except Exception:  # noqa: BLE001 - whatever datasets does not accept, save_to_disk writes instead
         readable = False
     if not readable:
@@ -498,14 +502,6 @@ def _describe_dataset(folder: Path, schema) -> None:
         folder.rmdir()
         Dataset.from_file(str(aside)).save_to_disk(str(folder))
         aside.unlink()
-
-
-def _stream_rows(path: Path) -> int:
-    """Rows of an Arrow stream file, counted from its record batches without reading their data into memory."""
-    import pyarrow as pa
-
-    with pa.memory_map(str(path)) as source:
-        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
 
 
 def iter_records(table: SpoolReader, rows: np.ndarray) -> Iterator[Record]:
